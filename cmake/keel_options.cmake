@@ -1,0 +1,6 @@
+# Every build switch keel has, in one place.
+option(KEEL_BUILD_TESTS "Build the GoogleTest suite and register it with CTest" ${PROJECT_IS_TOP_LEVEL})
+option(KEEL_BUILD_PERF "Build the perf suite (Google Benchmark)" ${PROJECT_IS_TOP_LEVEL})
+option(KEEL_WERROR "Treat compiler warnings as errors" ON)
+set(KEEL_SANITIZE "" CACHE STRING
+    "Comma-separated sanitizers for every keel target, e.g. address,undefined or thread")

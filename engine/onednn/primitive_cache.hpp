@@ -1,0 +1,37 @@
+#pragma once
+
+// Internal: a thread-safe cache of oneDNN primitives keyed by a descriptor string and the intra-op
+// thread count the primitive was created for (oneDNN fixes the team size at creation).
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+namespace keel {
+
+struct CachedPrimitive {
+    dnnl::primitive primitive;
+    dnnl::memory::desc scratchpad;   // user-mode scratchpad the primitive needs (may be zero-size)
+    std::string implementation;      // primitive_desc::impl_info_str()
+};
+
+class PrimitiveCache {
+public:
+    using Factory = std::function<CachedPrimitive()>;
+
+    // Returns the cached entry for (key, threads), creating it with `create` on a miss. `create`
+    // runs at most once per key even under concurrent requests; a throwing `create` caches nothing.
+    std::shared_ptr<const CachedPrimitive> get_or_create(const std::string& key, int threads,
+                                                         const Factory& create);
+    std::size_t size() const;
+
+private:
+    mutable std::mutex mutex_;
+    std::unordered_map<std::string, std::shared_ptr<const CachedPrimitive>> entries_;
+};
+
+}  // namespace keel

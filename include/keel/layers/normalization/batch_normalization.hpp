@@ -1,0 +1,113 @@
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <keel/engine/engine.hpp>
+#include <keel/layers/layer.hpp>
+
+namespace keel {
+
+// Which TensorFlow class keel reproduces (docs: spec §1, §4, §5, §11).
+enum class BatchNormalizationBehavior {
+    v2,        // TF 1.15's V2 class (TF 2.x's tf.keras name): the default.
+    v1,        // TF 1.15's V1 class: fused falls back silently; trainable=false keeps batch stats.
+    tf_keras,  // today's tf_keras: rank-5 fused, TF2 virtual batches at inference, f32 16-bit path.
+};
+std::string_view behavior_name(BatchNormalizationBehavior behavior) noexcept;
+BatchNormalizationBehavior parse_behavior(std::string_view text);
+
+// Keras' `adjustment`: given the input's shape, returns (scale, bias), each NumPy-broadcastable
+// against the input. Called only in training calls.
+using BatchNormalizationAdjustment = std::function<std::pair<Tensor, Tensor>(const Shape&)>;
+
+// Constructor arguments, with Keras' names and defaults.
+struct BatchNormalizationOptions {
+    // An int, or a list of ints (multi-axis). Negative values count from the end.
+    std::variant<int, std::vector<int>> axis = -1;
+    double momentum = 0.99;
+    double epsilon = 1e-3;
+    bool center = true;
+    bool scale = true;
+    // Keras identifiers: a name, {"class_name", "config"}, or null.
+    nlohmann::json beta_initializer = "zeros";
+    nlohmann::json gamma_initializer = "ones";
+    nlohmann::json moving_mean_initializer = "zeros";
+    nlohmann::json moving_variance_initializer = "ones";
+    nlohmann::json beta_regularizer = nullptr;
+    nlohmann::json gamma_regularizer = nullptr;
+    nlohmann::json beta_constraint = nullptr;
+    nlohmann::json gamma_constraint = nullptr;
+    bool renorm = false;
+    // Keys among "rmax", "rmin", "dmax"; missing ones are unbounded.
+    std::map<std::string, double> renorm_clipping;
+    double renorm_momentum = 0.99;
+    // nullopt = Keras' None (use the fused implementation when possible).
+    std::optional<bool> fused;
+    bool trainable = true;
+    std::optional<std::int64_t> virtual_batch_size;
+    BatchNormalizationAdjustment adjustment;
+    // Empty = a unique default name ("batch_normalization", "batch_normalization_1", ...).
+    std::string name;
+    // The layer's compute dtype ("float32", "bfloat16", "float16"). Inputs of another dtype are
+    // converted to it; variables are float32 in every case.
+    std::string dtype = "float32";
+    BatchNormalizationBehavior behavior = BatchNormalizationBehavior::v2;
+};
+
+// What the last call did, for conformance reports, logs and tests.
+struct BatchNormalizationCallReport {
+    bool training = false;               // the effective mode (after `trainable`)
+    bool fused_semantics = false;        // TF's fused path applies (Bessel, epsilon clamp)
+    std::string path;                    // "onednn" or "custom"
+    std::string implementation;          // oneDNN's impl_info_str() or keel's kernel name
+};
+
+// tf.keras.layers.BatchNormalization with TensorFlow's exact semantics (docs in README and
+// ../shared/spec). Outputs are in the compute dtype; statistics and the affine transform are
+// computed in f32 or wider and rounded once.
+class BatchNormalization final : public Layer {
+public:
+    explicit BatchNormalization(BatchNormalizationOptions options = {},
+                                Engine engine = default_engine());
+    ~BatchNormalization() override;
+
+    // From a Keras config object (the "config" part of {"class_name", "config"}). keel's own
+    // extension keys: "fused" and "behavior". Unknown keys are an error.
+    static std::unique_ptr<BatchNormalization> from_config(const nlohmann::json& config,
+                                                           Engine engine = default_engine());
+
+    std::string class_name() const override { return "BatchNormalization"; }
+    nlohmann::json get_config() const override;
+    Shape compute_output_shape(const Shape& input_shape) const override;
+    Tensor call(const Tensor& input, const CallOptions& options = {}) override;
+
+    const BatchNormalizationOptions& options() const noexcept;
+    DType compute_dtype() const noexcept;
+    // The normalized axes after build (resolved, sorted, without the virtual-batch shift).
+    const std::vector<int>& axes() const;
+    // Whether TF's fused semantics apply (decided in build; false before).
+    bool fused() const noexcept;
+
+    const BatchNormalizationCallReport& last_call_report() const noexcept;
+    // Batch renormalization's r and d of the last training call (parameter shape), for inspection.
+    // Empty tensors before the first renorm training call.
+    const Tensor& last_renorm_r() const noexcept;
+    const Tensor& last_renorm_d() const noexcept;
+
+private:
+    void build_variables(const Shape& input_shape) override;
+
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace keel

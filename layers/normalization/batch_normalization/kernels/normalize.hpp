@@ -1,0 +1,52 @@
+#pragma once
+
+// Internal: the element-wise pass of batch normalization, written once per element.
+//
+// For statistic index k (see geometry.hpp) every element x becomes
+//     u = ((x − mean_hi[k]) − mean_lo[k]) · scale[k] + shift[k]
+// and, without an adjustment, y = u. Subtracting the mean before scaling (never x·a + (b − μ·a))
+// keeps data with a large mean and a tiny spread exact; the hi+lo split carries the f64 mean
+// exactly enough that the output error does not depend on ulp32(mean).
+// With an adjustment (Keras' `adjustment`, broadcast element-wise):
+//     y = (u · adjustment_scale[e] + adjustment_bias[e]) · outer_scale[k] + outer_shift[k].
+// Output is rounded once to y's dtype.
+
+#include <string>
+#include <vector>
+
+#include <keel/engine/engine.hpp>
+#include <keel/engine/tensor.hpp>
+
+#include "layers/normalization/batch_normalization/kernels/geometry.hpp"
+
+namespace keel::batch_normalization {
+
+struct NormalizeCoefficients {
+    std::vector<float> mean_hi;  // per statistic index
+    std::vector<float> mean_lo;  // f32(mean − mean_hi); zeros when the mean is already f32
+    std::vector<float> scale;
+    std::vector<float> shift;
+};
+
+// Splits f64 means into hi/lo f32 pairs.
+void split_means(const std::vector<double>& mean, std::vector<float>& hi, std::vector<float>& lo);
+
+struct ElementwiseAdjustment {
+    // f32 tensors of x's rank whose dims are 1 or equal x's (NumPy broadcasting, already
+    // right-aligned and padded with leading 1s by the caller).
+    Tensor scale;
+    Tensor bias;
+    std::vector<float> outer_scale;  // per statistic index (γ, or 1)
+    std::vector<float> outer_shift;  // per statistic index (β, or 0)
+};
+
+// `x` and `y` have the same shape (`x_shape`, which the geometry was made from); dtypes f32, bf16
+// or f16 each (they may differ). `adjustment` may be null.
+void normalize(const Engine& engine, const Tensor& x, const ReductionGeometry& geometry,
+               const NormalizeCoefficients& coefficients, const ElementwiseAdjustment* adjustment,
+               Tensor& y);
+
+std::string normalize_kernel_name(const ReductionGeometry& geometry, DType dtype,
+                                  bool with_adjustment);
+
+}  // namespace keel::batch_normalization

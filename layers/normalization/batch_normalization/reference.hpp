@@ -1,0 +1,22 @@
+#pragma once
+
+// Internal: the naive double-precision path. It stays naive on purpose: tests check every
+// optimized kernel against it, and KEEL_FORCE_REFERENCE=1 routes whole layers through it.
+
+#include <keel/engine/tensor.hpp>
+
+#include "layers/normalization/batch_normalization/kernels/moments.hpp"
+#include "layers/normalization/batch_normalization/kernels/normalize.hpp"
+
+namespace keel::batch_normalization {
+
+// Two-pass mean and biased variance in double, element by element.
+Moments reference_moments(const Tensor& x, const ReductionGeometry& geometry);
+
+// The same formula as normalize(), evaluated in double per element with the f64 mean
+// (mean_hi + mean_lo), rounded once to y's dtype.
+void reference_normalize(const Tensor& x, const ReductionGeometry& geometry,
+                         const NormalizeCoefficients& coefficients,
+                         const ElementwiseAdjustment* adjustment, Tensor& y);
+
+}  // namespace keel::batch_normalization
