@@ -11,7 +11,8 @@
 namespace keel::keras {
 
 // A Keras initializer: fills a variable of a given shape. Deterministic when its config has a
-// seed (same seed, same shape, same values); a null seed draws a fresh seed per initializer.
+// seed (same seed, same shape, same values); a null seed draws a fresh seed on every call, as
+// TensorFlow's unseeded random ops do.
 // Values are not TensorFlow's bit-for-bit (TF's Philox streams are not reproduced), but follow the
 // same distributions, bounds and fan computations.
 class Initializer {
