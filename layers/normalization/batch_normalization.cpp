@@ -1,0 +1,621 @@
+#include <keel/layers/normalization/batch_normalization.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include <keel/engine/error.hpp>
+
+#include "layers/normalization/batch_normalization/config.hpp"
+#include "layers/normalization/batch_normalization/kernels/geometry.hpp"
+#include "layers/normalization/batch_normalization/kernels/moments.hpp"
+#include "layers/normalization/batch_normalization/kernels/normalize.hpp"
+#include "layers/normalization/batch_normalization/onednn_path.hpp"
+#include "layers/normalization/batch_normalization/plan.hpp"
+#include "layers/normalization/batch_normalization/reference.hpp"
+
+namespace keel {
+
+using namespace batch_normalization;
+
+std::string_view behavior_name(BatchNormalizationBehavior behavior) noexcept {
+    switch (behavior) {
+        case BatchNormalizationBehavior::v1:
+            return "v1";
+        case BatchNormalizationBehavior::tf_keras:
+            return "tf_keras";
+        case BatchNormalizationBehavior::v2:
+            break;
+    }
+    return "v2";
+}
+
+BatchNormalizationBehavior parse_behavior(std::string_view text) {
+    if (text == "v2") return BatchNormalizationBehavior::v2;
+    if (text == "v1") return BatchNormalizationBehavior::v1;
+    if (text == "tf_keras") return BatchNormalizationBehavior::tf_keras;
+    throw invalid_argument("BatchNormalization", "behavior", "'" + std::string(text) + "'",
+                           "one of \"v2\", \"v1\", \"tf_keras\"");
+}
+
+namespace {
+
+// nn.fused_batch_norm raises epsilon to this floor in training and inference (spec §6a.1).
+constexpr double kFusedMinEpsilon = 1.001e-5;
+
+// TF's moving-average update, `v − (v − value)·decay`, as three float32 operations (spec §6.0).
+float moving_average(float variable, float value, float decay) {
+    const float difference = variable - value;
+    const float delta = difference * decay;
+    return variable - delta;
+}
+
+// The moving_stddev / renorm_stddev initializer: the square root of moving_variance_initializer.
+class SqrtInitializer final : public keras::Initializer {
+  public:
+    explicit SqrtInitializer(std::shared_ptr<const keras::Initializer> inner)
+        : inner_(std::move(inner)) {}
+    std::string class_name() const override { return inner_->class_name(); }
+    nlohmann::json get_config() const override { return inner_->get_config(); }
+    Tensor operator()(const Shape& shape, std::string_view where) const override {
+        Tensor values = (*inner_)(shape, where);
+        float* data = values.data_as<float>();
+        for (std::int64_t i = 0; i < values.element_count(); ++i) data[i] = std::sqrt(data[i]);
+        return values;
+    }
+
+  private:
+    std::shared_ptr<const keras::Initializer> inner_;
+};
+
+std::string axes_to_string(const std::vector<int>& axes) {
+    std::string text = "[";
+    for (int axis : axes) text += (text.size() > 1 ? ", " : "") + std::to_string(axis);
+    return text + "]";
+}
+
+}  // namespace
+
+struct BatchNormalization::Impl {
+    Engine engine;
+    BatchNormalizationOptions options;
+    ResolvedArguments resolved;
+
+    // Set by build.
+    int rank = 0;
+    std::vector<int> axes;                 // resolved, sorted, without the virtual-batch shift
+    std::vector<std::int64_t> axis_sizes;  // input sizes of `axes`, pinned (Keras' InputSpec)
+    bool fused = false;
+    Shape param_shape;
+    std::int64_t param_count = 0;
+
+    BatchNormalizationCallReport report;
+    Tensor renorm_r;
+    Tensor renorm_d;
+    std::map<std::pair<Shape, bool>, KernelPlan> plans;
+
+    bool behavior_is(BatchNormalizationBehavior behavior) const {
+        return options.behavior == behavior;
+    }
+};
+
+BatchNormalization::BatchNormalization(BatchNormalizationOptions options, Engine engine)
+    : Layer(options.name.empty() ? unique_layer_name("batch_normalization") : options.name,
+            options.trainable),
+      impl_(std::make_unique<Impl>()) {
+    impl_->engine = std::move(engine);
+    options.name = name();
+    impl_->resolved = resolve_arguments(options, describe());
+    impl_->options = std::move(options);
+}
+
+BatchNormalization::~BatchNormalization() = default;
+
+std::unique_ptr<BatchNormalization> BatchNormalization::from_config(const nlohmann::json& config,
+                                                                    Engine engine) {
+    return std::make_unique<BatchNormalization>(options_from_config(config), std::move(engine));
+}
+
+nlohmann::json BatchNormalization::get_config() const {
+    return config_from_options(impl_->options, impl_->resolved);
+}
+
+Shape BatchNormalization::compute_output_shape(const Shape& input_shape) const {
+    return input_shape;
+}
+
+const BatchNormalizationOptions& BatchNormalization::options() const noexcept {
+    return impl_->options;
+}
+DType BatchNormalization::compute_dtype() const noexcept { return impl_->resolved.compute_dtype; }
+const std::vector<int>& BatchNormalization::axes() const { return impl_->axes; }
+bool BatchNormalization::fused() const noexcept { return impl_->fused; }
+const BatchNormalizationCallReport& BatchNormalization::last_call_report() const noexcept {
+    return impl_->report;
+}
+const Tensor& BatchNormalization::last_renorm_r() const noexcept { return impl_->renorm_r; }
+const Tensor& BatchNormalization::last_renorm_d() const noexcept { return impl_->renorm_d; }
+
+void BatchNormalization::build_variables(const Shape& input_shape) {
+    const Impl& impl = *impl_;
+    const BatchNormalizationOptions& options = impl.options;
+    const std::string where = describe();
+    const int rank = static_cast<int>(input_shape.size());
+
+    // Keras checks a declared batch_input_shape before building (input compatibility).
+    if (options.batch_input_shape.is_array()) {
+        bool matches = static_cast<int>(options.batch_input_shape.size()) == rank;
+        for (int i = 0; matches && i < rank; ++i) {
+            const auto& declared = options.batch_input_shape[static_cast<std::size_t>(i)];
+            matches = declared.is_null() || declared.get<std::int64_t>() == input_shape[i];
+        }
+        if (!matches) {
+            throw shape_mismatch(
+                where, "input shape", shape_to_string(input_shape),
+                "a shape matching batch_input_shape " + options.batch_input_shape.dump());
+        }
+    }
+    // TF build (spec §3), in its order.
+    if (rank == 0) {
+        throw invalid_argument(where, "input rank", "0 (shape [])",
+                               "an input of rank >= 1 (TensorFlow: undefined rank)");
+    }
+    std::vector<int> axes = impl.resolved.axis;
+    for (int& axis : axes) {
+        if (axis < 0) axis += rank;
+    }
+    for (int axis : axes) {
+        if (axis < 0 || axis >= rank) {
+            throw invalid_argument(where, "axis", std::to_string(axis) + " (resolved)",
+                                   "an axis in [0, " + std::to_string(rank) + ") for input shape " +
+                                       shape_to_string(input_shape));
+        }
+    }
+    if (std::set<int>(axes.begin(), axes.end()).size() != axes.size()) {
+        throw invalid_argument(where, "axis", axes_to_string(axes) + " (resolved)",
+                               "no duplicate axes");
+    }
+    if (options.virtual_batch_size) {
+        if (*options.virtual_batch_size <= 0) {
+            throw invalid_argument(where, "virtual_batch_size",
+                                   std::to_string(*options.virtual_batch_size),
+                                   "a positive integer that divides the batch size");
+        }
+        if (std::find(axes.begin(), axes.end(), 0) != axes.end()) {
+            throw invalid_argument(where, "axis", axes_to_string(axes) + " (resolved)",
+                                   "no axis 0 with virtual_batch_size (dimension 0 is the batch)");
+        }
+        if (options.adjustment) {
+            throw invalid_argument(where, "adjustment", "a callable",
+                                   "no adjustment together with virtual_batch_size");
+        }
+    }
+
+    // The fused decision (spec §4).
+    bool fused = false;
+    const bool tf_keras = impl.behavior_is(BatchNormalizationBehavior::tf_keras);
+    const bool fusable_rank = tf_keras ? (rank == 4 || rank == 5) : rank == 4;
+    const std::optional<bool>& requested = impl.resolved.fused;
+    if (impl.behavior_is(BatchNormalizationBehavior::v1)) {
+        const bool eligible = !options.renorm && axes.size() == 1 &&
+                              (axes[0] == 1 || axes[0] == 3) && !options.virtual_batch_size &&
+                              !options.adjustment;
+        fused = requested.value_or(true) && rank == 4 && eligible;
+    } else if (!requested.has_value()) {
+        fused = fusable_rank;
+    } else if (*requested) {
+        if (!fusable_rank) {
+            throw invalid_argument(where, "fused", "true",
+                                   std::string("an input of rank ") + (tf_keras ? "4 or 5" : "4") +
+                                       " (got shape " + shape_to_string(input_shape) + ")");
+        }
+        fused = true;
+    }
+    if (fused) {
+        const bool channels_first = axes == std::vector<int>{1};
+        const bool channels_last = axes == std::vector<int>{rank - 1} && (rank == 4 || rank == 5);
+        if (!(channels_first || channels_last)) {
+            if (tf_keras && rank == 5) {
+                fused = false;  // tf_keras quietly leaves 5-D data with another axis unfused
+            } else {
+                throw invalid_argument(
+                    where, "axis", axes_to_string(axes) + " (resolved)",
+                    "axis 1 or " + std::to_string(rank - 1) + " for the fused implementation");
+            }
+        }
+    }
+
+    // Parameter shape (spec §3.6): (C,) for one axis, else full rank with 1s, plus the
+    // virtual-batch dimension at index 1.
+    Shape param_shape;
+    if (axes.size() == 1 && !options.virtual_batch_size) {
+        param_shape = {input_shape[axes[0]]};
+    } else {
+        for (int i = 0; i < rank; ++i) {
+            const bool kept = std::find(axes.begin(), axes.end(), i) != axes.end();
+            param_shape.push_back(kept ? input_shape[i] : 1);
+        }
+        if (options.virtual_batch_size) param_shape.insert(param_shape.begin() + 1, 1);
+    }
+
+    const ResolvedArguments& resolved = impl.resolved;
+    if (options.scale) {
+        add_variable("gamma", param_shape, resolved.gamma_initializer, resolved.gamma_regularizer,
+                     resolved.gamma_constraint, true);
+    }
+    if (options.center) {
+        add_variable("beta", param_shape, resolved.beta_initializer, resolved.beta_regularizer,
+                     resolved.beta_constraint, true);
+    }
+    add_variable("moving_mean", param_shape, resolved.moving_mean_initializer, nullptr, nullptr,
+                 false);
+    add_variable("moving_variance", param_shape, resolved.moving_variance_initializer, nullptr,
+                 nullptr, false);
+    if (options.renorm) {
+        // A None initializer means glorot_uniform (add_weight), also under the square root.
+        auto variance_initializer =
+            resolved.moving_variance_initializer
+                ? resolved.moving_variance_initializer
+                : keras::get_initializer("glorot_uniform", where, "moving_variance_initializer");
+        auto stddev_initializer = std::make_shared<SqrtInitializer>(variance_initializer);
+        add_variable("moving_stddev", param_shape, stddev_initializer, nullptr, nullptr, false);
+        add_variable("renorm_mean", param_shape, resolved.moving_mean_initializer, nullptr, nullptr,
+                     false);
+        add_variable("renorm_stddev", param_shape, stddev_initializer, nullptr, nullptr, false);
+    }
+
+    // Everything succeeded: commit.
+    std::sort(axes.begin(), axes.end());
+    impl_->rank = rank;
+    impl_->axis_sizes.clear();
+    for (int axis : axes) impl_->axis_sizes.push_back(input_shape[static_cast<std::size_t>(axis)]);
+    impl_->axes = std::move(axes);
+    impl_->fused = fused;
+    impl_->param_count = element_count(param_shape);
+    impl_->param_shape = std::move(param_shape);
+    impl_->plans.clear();
+}
+
+namespace {
+
+// Values of an f32 variable, or `fallback` repeated when the layer has no such variable (γ with
+// scale=false, β with center=false).
+std::vector<float> values_or(const Layer& layer, const char* name, std::int64_t count,
+                             float fallback) {
+    if (!layer.has_variable(name))
+        return std::vector<float>(static_cast<std::size_t>(count), fallback);
+    const Tensor& variable = layer.variable(name);
+    const float* data = variable.data_as<float>();
+    return std::vector<float>(data, data + variable.element_count());
+}
+
+// Keras' adjustment result must broadcast against the input (NumPy rules) without enlarging it.
+Tensor broadcastable_adjustment(const Tensor& value, const Shape& input_shape,
+                                const std::string& where, const char* which) {
+    const int rank = static_cast<int>(input_shape.size());
+    bool fits = value.rank() <= rank;
+    for (int i = 0; fits && i < value.rank(); ++i) {
+        const std::int64_t dim = value.shape()[static_cast<std::size_t>(value.rank() - 1 - i)];
+        const std::int64_t input_dim = input_shape[static_cast<std::size_t>(rank - 1 - i)];
+        fits = dim == 1 || dim == input_dim;
+    }
+    if (!fits) {
+        throw shape_mismatch(where, std::string("adjustment ") + which + " shape",
+                             shape_to_string(value.shape()),
+                             "a shape that broadcasts against the input " +
+                                 shape_to_string(input_shape) + " without enlarging it");
+    }
+    Shape padded(static_cast<std::size_t>(rank - value.rank()), 1);
+    padded.insert(padded.end(), value.shape().begin(), value.shape().end());
+    Tensor as_f32 = value.dtype() == DType::f32 ? value.clone() : value.to(DType::f32);
+    return as_f32.reshaped(padded);
+}
+
+// The updates a training call stages; applied only after everything else succeeded.
+struct StagedUpdates {
+    std::vector<std::pair<const char*, Tensor>> assignments;
+    void stage(const char* name, const Shape& shape, const std::vector<float>& values) {
+        assignments.emplace_back(name, Tensor::from_floats(shape, values));
+    }
+};
+
+}  // namespace
+
+Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_options) {
+    Impl& impl = *impl_;
+    const BatchNormalizationOptions& options = impl.options;
+    const std::string where = describe();
+    if (!built()) build(input.shape());
+
+    // Keras' InputSpec: the rank and every normalized axis size are pinned at build.
+    if (input.rank() != impl.rank) {
+        throw shape_mismatch(
+            where, "input rank",
+            std::to_string(input.rank()) + " (shape " + shape_to_string(input.shape()) + ")",
+            "rank " + std::to_string(impl.rank) + ", as at build");
+    }
+    for (std::size_t i = 0; i < impl.axes.size(); ++i) {
+        const auto axis = static_cast<std::size_t>(impl.axes[i]);
+        if (input.shape()[axis] != impl.axis_sizes[i]) {
+            throw shape_mismatch(
+                where, "input dimension " + std::to_string(axis),
+                std::to_string(input.shape()[axis]) + " (shape " + shape_to_string(input.shape()) +
+                    ")",
+                std::to_string(impl.axis_sizes[i]) + ", the size of this normalized axis at build");
+        }
+    }
+
+    const DType dtype = impl.resolved.compute_dtype;
+    const Tensor x = input.dtype() == dtype ? input : input.to(dtype);
+    const Shape& shape = x.shape();
+
+    // Effective mode (spec §5): V2 and tf_keras freeze into inference; V1 keeps batch statistics
+    // but updates nothing.
+    const bool requested_training = call_options.training.value_or(false);
+    const bool v1 = impl.behavior_is(BatchNormalizationBehavior::v1);
+    const bool training = requested_training && (v1 || trainable());
+    const bool apply_updates = training && trainable();
+
+    const std::int64_t batch = shape[0];
+    if (options.virtual_batch_size &&
+        (training || !impl.behavior_is(BatchNormalizationBehavior::tf_keras)) &&
+        batch % *options.virtual_batch_size != 0) {
+        throw shape_mismatch(
+            where, "batch size", std::to_string(batch),
+            "a multiple of virtual_batch_size = " + std::to_string(*options.virtual_batch_size));
+    }
+
+    std::optional<ElementwiseAdjustment> adjustment;
+    if (training && options.adjustment) {
+        auto [adjustment_scale, adjustment_bias] = options.adjustment(shape);
+        adjustment.emplace();
+        adjustment->scale = broadcastable_adjustment(adjustment_scale, shape, where, "scale");
+        adjustment->bias = broadcastable_adjustment(adjustment_bias, shape, where, "bias");
+    }
+
+    const double epsilon =
+        impl.fused && options.epsilon <= kFusedMinEpsilon ? kFusedMinEpsilon : options.epsilon;
+    const float epsilon32 = static_cast<float>(epsilon);
+    const std::int64_t params = impl.param_count;
+    const std::vector<float> gamma = values_or(*this, "gamma", params, 1.0f);
+    const std::vector<float> beta = values_or(*this, "beta", params, 0.0f);
+
+    BatchNormalizationCallReport report;
+    report.training = training;
+    report.fused_semantics = impl.fused;
+    Tensor y(shape, dtype);
+
+    if (x.empty()) {
+        // keel's decision (spec §6i): an empty batch yields an empty output and changes nothing.
+        report.path = "custom";
+        report.implementation = "keel:empty";
+        impl.report = report;
+        return y;
+    }
+
+    // The statistics geometry. Virtual batches view the input as [vbs, B/vbs, ...] and keep the
+    // second dimension, which makes TF's strided grouping (spec §6d).
+    const bool virtual_batches = training && options.virtual_batch_size.has_value();
+    ReductionGeometry geometry;
+    std::int64_t groups = 1;
+    if (virtual_batches) {
+        const std::int64_t vbs = *options.virtual_batch_size;
+        groups = batch / vbs;
+        Shape grouped = {vbs, groups};
+        grouped.insert(grouped.end(), shape.begin() + 1, shape.end());
+        std::vector<int> kept = {1};
+        for (int axis : impl.axes) kept.push_back(axis + 1);
+        geometry = make_geometry(grouped, kept);
+    } else {
+        geometry = make_geometry(shape, impl.axes);
+    }
+
+    PlanRequest request;
+    request.geometry = geometry;
+    request.dtype = dtype;
+    request.training = training;
+    request.needs_custom_composition =
+        training && (options.renorm || virtual_batches || adjustment.has_value());
+    request.with_adjustment = adjustment.has_value();
+    request.use_scale = options.scale;
+    request.use_shift = options.center;
+    request.epsilon = epsilon32;
+    const auto plan_key = std::make_pair(shape, training);
+    auto cached = impl.plans.find(plan_key);
+    if (cached == impl.plans.end()) {
+        cached = impl.plans.emplace(plan_key, plan_kernel(impl.engine, request, where)).first;
+    }
+    const KernelPlan& plan = cached->second;
+    report.path = plan.path == KernelPath::onednn ? "onednn" : "custom";
+    report.implementation = plan.implementation;
+
+    auto run_custom = [&](const NormalizeCoefficients& coefficients) {
+        if (plan.path == KernelPath::reference) {
+            reference_normalize(x, geometry, coefficients, adjustment ? &*adjustment : nullptr, y);
+        } else {
+            normalize(impl.engine, x, geometry, coefficients, adjustment ? &*adjustment : nullptr,
+                      y);
+        }
+    };
+
+    if (!training) {
+        const Tensor& moving_mean = variable("moving_mean");
+        const Tensor& moving_variance = variable("moving_variance");
+        if (plan.path == KernelPath::onednn) {
+            run_onednn_inference(impl.engine, *plan.primitive, plan.onednn_request, x,
+                                 moving_mean.data_as<float>(), moving_variance.data_as<float>(),
+                                 options.scale ? gamma.data() : nullptr,
+                                 options.center ? beta.data() : nullptr, y);
+        } else {
+            const float* mean = moving_mean.data_as<float>();
+            const float* variance = moving_variance.data_as<float>();
+            NormalizeCoefficients coefficients;
+            coefficients.mean_hi.assign(mean, mean + params);
+            coefficients.mean_lo.assign(static_cast<std::size_t>(params), 0.0f);
+            coefficients.scale.resize(static_cast<std::size_t>(params));
+            coefficients.shift = beta;
+            for (std::size_t p = 0; p < static_cast<std::size_t>(params); ++p) {
+                coefficients.scale[p] = static_cast<float>(
+                    gamma[p] / std::sqrt(static_cast<double>(variance[p]) + epsilon32));
+            }
+            run_custom(coefficients);
+        }
+        impl.report = report;
+        return y;
+    }
+
+    // Training: batch statistics per statistic index (group-major with virtual batches).
+    std::vector<double> batch_mean;
+    std::vector<double> batch_variance;
+    std::optional<std::vector<float>> onednn_mean;
+    if (plan.path == KernelPath::onednn) {
+        std::vector<float> mean(static_cast<std::size_t>(params));
+        std::vector<float> variance(static_cast<std::size_t>(params));
+        run_onednn_training(impl.engine, *plan.primitive, plan.onednn_request, x,
+                            options.scale ? gamma.data() : nullptr,
+                            options.center ? beta.data() : nullptr, y, mean.data(),
+                            variance.data());
+        batch_mean.assign(mean.begin(), mean.end());
+        batch_variance.assign(variance.begin(), variance.end());
+    } else {
+        Moments moments = plan.path == KernelPath::reference
+                              ? reference_moments(x, geometry)
+                              : compute_moments(impl.engine, x, geometry);
+        batch_mean = std::move(moments.mean);
+        batch_variance = std::move(moments.variance);
+    }
+
+    // Moments the updates and renorm see: with virtual batches, the mean over groups of the
+    // per-group moments (spec §6d), rounded to f32 as TF's variables hold them.
+    std::vector<float> update_mean(static_cast<std::size_t>(params));
+    std::vector<float> update_variance(static_cast<std::size_t>(params));
+    for (std::int64_t p = 0; p < params; ++p) {
+        double mean_sum = 0.0;
+        double variance_sum = 0.0;
+        for (std::int64_t g = 0; g < groups; ++g) {
+            mean_sum += batch_mean[static_cast<std::size_t>(g * params + p)];
+            variance_sum += batch_variance[static_cast<std::size_t>(g * params + p)];
+        }
+        update_mean[static_cast<std::size_t>(p)] = static_cast<float>(mean_sum / groups);
+        update_variance[static_cast<std::size_t>(p)] = static_cast<float>(variance_sum / groups);
+    }
+
+    // Batch renormalization (spec §6c), from the pre-update renorm statistics, in f32 as TF.
+    std::vector<float> r(static_cast<std::size_t>(params), 1.0f);
+    std::vector<float> d(static_cast<std::size_t>(params), 0.0f);
+    std::vector<float> batch_stddev(static_cast<std::size_t>(params));
+    if (options.renorm) {
+        const float* renorm_mean = variable("renorm_mean").data_as<float>();
+        const float* renorm_stddev = variable("renorm_stddev").data_as<float>();
+        const float stddev_floor = std::sqrt(epsilon32);
+        const auto& bound = impl.resolved;
+        for (std::size_t p = 0; p < static_cast<std::size_t>(params); ++p) {
+            batch_stddev[p] = std::sqrt(update_variance[p] + epsilon32);
+            const float floored = std::max(renorm_stddev[p], stddev_floor);
+            float r_value = batch_stddev[p] / floored;
+            float d_value = (update_mean[p] - renorm_mean[p]) / floored;
+            if (bound.rmin) r_value = std::max(r_value, static_cast<float>(*bound.rmin));
+            if (bound.rmax) r_value = std::min(r_value, static_cast<float>(*bound.rmax));
+            if (bound.dmax) {
+                d_value = std::max(d_value, static_cast<float>(-*bound.dmax));
+                d_value = std::min(d_value, static_cast<float>(*bound.dmax));
+            }
+            r[p] = r_value;
+            d[p] = d_value;
+        }
+    }
+
+    if (plan.path != KernelPath::onednn) {
+        // Per statistic k = (group, parameter p):
+        //   without adjustment  y = (x − μ_k)·(inv_k·r·γ) + (d·γ + β)
+        //   with adjustment     u = (x − μ_k)·(inv_k·r) + d;  y = (u·adj_s + adj_b)·γ + β
+        const std::size_t statistics = batch_mean.size();
+        NormalizeCoefficients coefficients;
+        split_means(batch_mean, coefficients.mean_hi, coefficients.mean_lo);
+        coefficients.scale.resize(statistics);
+        coefficients.shift.resize(statistics);
+        if (adjustment) {
+            adjustment->outer_scale.resize(statistics);
+            adjustment->outer_shift.resize(statistics);
+        }
+        for (std::size_t k = 0; k < statistics; ++k) {
+            const std::size_t p = k % static_cast<std::size_t>(params);
+            const double inverse =
+                1.0 /
+                std::sqrt(static_cast<double>(static_cast<float>(batch_variance[k])) + epsilon32);
+            if (adjustment) {
+                coefficients.scale[k] = static_cast<float>(inverse * r[p]);
+                coefficients.shift[k] = d[p];
+                adjustment->outer_scale[k] = gamma[p];
+                adjustment->outer_shift[k] = beta[p];
+            } else {
+                coefficients.scale[k] = static_cast<float>(inverse * r[p] * gamma[p]);
+                coefficients.shift[k] =
+                    static_cast<float>(static_cast<double>(d[p]) * gamma[p] + beta[p]);
+            }
+        }
+        run_custom(coefficients);
+    }
+
+    // Stage every variable update, then commit them together.
+    StagedUpdates updates;
+    if (apply_updates) {
+        const float* moving_mean = variable("moving_mean").data_as<float>();
+        // Decay constants (spec §6.0, trap 18): the fused path forms 1 − m in f32 from f32(m);
+        // the generic path in double, then rounds.
+        const float decay = impl.fused ? 1.0f - static_cast<float>(options.momentum)
+                                       : static_cast<float>(1.0 - options.momentum);
+        std::vector<float> new_mean(static_cast<std::size_t>(params));
+        for (std::size_t p = 0; p < new_mean.size(); ++p) {
+            new_mean[p] = moving_average(moving_mean[p], update_mean[p], decay);
+        }
+        updates.stage("moving_mean", impl.param_shape, new_mean);
+        if (options.renorm) {
+            const float renorm_decay = static_cast<float>(1.0 - options.renorm_momentum);
+            const float* renorm_mean = variable("renorm_mean").data_as<float>();
+            const float* renorm_stddev = variable("renorm_stddev").data_as<float>();
+            const float* moving_stddev = variable("moving_stddev").data_as<float>();
+            std::vector<float> new_renorm_mean(new_mean.size());
+            std::vector<float> new_renorm_stddev(new_mean.size());
+            std::vector<float> new_moving_stddev(new_mean.size());
+            std::vector<float> new_moving_variance(new_mean.size());
+            for (std::size_t p = 0; p < new_mean.size(); ++p) {
+                new_renorm_mean[p] = moving_average(renorm_mean[p], update_mean[p], renorm_decay);
+                new_renorm_stddev[p] =
+                    moving_average(renorm_stddev[p], batch_stddev[p], renorm_decay);
+                new_moving_stddev[p] = moving_average(moving_stddev[p], batch_stddev[p], decay);
+                // moving_variance is assigned from the fresh moving_stddev, floored at 0 (relu).
+                new_moving_variance[p] =
+                    std::max(new_moving_stddev[p] * new_moving_stddev[p] - epsilon32, 0.0f);
+            }
+            updates.stage("moving_variance", impl.param_shape, new_moving_variance);
+            updates.stage("moving_stddev", impl.param_shape, new_moving_stddev);
+            updates.stage("renorm_mean", impl.param_shape, new_renorm_mean);
+            updates.stage("renorm_stddev", impl.param_shape, new_renorm_stddev);
+        } else {
+            const float* moving_variance = variable("moving_variance").data_as<float>();
+            // The fused kernel hands back the Bessel-corrected variance n/max(n−1, 1) (spec §6a.3).
+            const double n = static_cast<double>(geometry.reduction_count);
+            const double bessel = impl.fused ? n / std::max(n - 1.0, 1.0) : 1.0;
+            std::vector<float> new_variance(new_mean.size());
+            for (std::size_t p = 0; p < new_variance.size(); ++p) {
+                // Fused semantics never have virtual batches: one group, so batch_variance[p].
+                const float value = impl.fused ? static_cast<float>(batch_variance[p] * bessel)
+                                               : update_variance[p];
+                new_variance[p] = moving_average(moving_variance[p], value, decay);
+            }
+            updates.stage("moving_variance", impl.param_shape, new_variance);
+        }
+    }
+    if (options.renorm) {
+        impl.renorm_r = Tensor::from_floats(impl.param_shape, r);
+        impl.renorm_d = Tensor::from_floats(impl.param_shape, d);
+    }
+    for (auto& [name, value] : updates.assignments) assign_variable(name, std::move(value));
+    impl.report = report;
+    return y;
+}
+
+}  // namespace keel

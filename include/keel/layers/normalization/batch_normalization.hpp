@@ -61,6 +61,9 @@ struct BatchNormalizationOptions {
     // converted to it; variables are float32 in every case.
     std::string dtype = "float32";
     BatchNormalizationBehavior behavior = BatchNormalizationBehavior::v2;
+    // Keras' optional `batch_input_shape` (a list of ints or nulls, batch first). When given, the
+    // layer checks at build that the input matches it.
+    nlohmann::json batch_input_shape = nullptr;
 };
 
 // What the last call did, for conformance reports, logs and tests.

@@ -1,0 +1,473 @@
+// BatchNormalization's Keras semantics: argument checks at the right stage, the fused decision,
+// variable shapes and updates, the effective training mode, and the promise that a failed call
+// changes nothing. Numerics against an independent reference live in tests/golden/.
+
+#include <keel/layers/normalization/batch_normalization.hpp>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <keel/engine/error.hpp>
+
+namespace keel {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+constexpr float kEps32 = std::numeric_limits<float>::epsilon();
+
+BatchNormalizationOptions with_axis(std::variant<int, std::vector<int>> axis) {
+    BatchNormalizationOptions options;
+    options.axis = std::move(axis);
+    return options;
+}
+
+// Runs `action`, expecting a keel::Error of `category` whose message contains `fragment`.
+template <typename Action>
+void expect_error(Action&& action, ErrorCategory category, const std::string& fragment) {
+    try {
+        action();
+        FAIL() << "expected keel::Error containing '" << fragment << "'";
+    } catch (const Error& error) {
+        EXPECT_EQ(error.category(), category) << error.what();
+        EXPECT_THAT(error.what(), HasSubstr(fragment));
+    }
+}
+
+std::vector<float> values(const Tensor& tensor) { return tensor.to_floats(); }
+
+// x of shape [4, 1, 1, 2] (NHWC): channel 0 holds 1, 3, 5, 7 (mean 4, biased variance 5);
+// channel 1 holds −2, −2, 2, 2 (mean 0, biased variance 4). All exactly representable.
+Tensor nhwc_input() {
+    return Tensor::from_floats({4, 1, 1, 2}, std::vector<float>{1, -2, 3, -2, 5, 2, 7, 2});
+}
+
+TEST(BatchNormalizationConstruction, FusedTrueWithRenormIsRejectedByV2ButNotV1) {
+    BatchNormalizationOptions options;
+    options.fused = true;
+    options.renorm = true;
+    expect_error([&] { BatchNormalization layer(options); }, ErrorCategory::invalid_argument,
+                 "fused = true");
+    options.behavior = BatchNormalizationBehavior::v1;
+    EXPECT_NO_THROW(BatchNormalization layer(options));
+}
+
+TEST(BatchNormalizationConstruction, FusedTrueNeedsAxisOneOrThree) {
+    BatchNormalizationOptions options = with_axis(std::vector<int>{1, 3});
+    options.fused = true;
+    expect_error([&] { BatchNormalization layer(options); }, ErrorCategory::invalid_argument,
+                 "axis = [1, 3]");
+}
+
+TEST(BatchNormalizationConstruction, RejectsValuesThatOnlyProduceNaN) {
+    BatchNormalizationOptions options;
+    options.epsilon = std::nan("");
+    expect_error([&] { BatchNormalization layer(options); }, ErrorCategory::invalid_argument,
+                 "epsilon = nan");
+    options.epsilon = -1e-3;
+    expect_error([&] { BatchNormalization layer(options); }, ErrorCategory::invalid_argument,
+                 "epsilon = -0.001");
+    options.epsilon = 1e-3;
+    options.momentum = 1.5;
+    expect_error([&] { BatchNormalization layer(options); }, ErrorCategory::invalid_argument,
+                 "momentum = 1.5; expected a value in [0, 1]");
+}
+
+TEST(BatchNormalizationConstruction, RenormClippingKeysAndBounds) {
+    BatchNormalizationOptions options;
+    options.renorm = true;
+    options.renorm_clipping = {{"rmax", 2.0}, {"rmean", 1.0}};
+    expect_error([&] { BatchNormalization layer(options); }, ErrorCategory::invalid_argument,
+                 "'rmean'");
+    options.renorm_clipping = {{"rmin", 3.0}, {"rmax", 2.0}};
+    expect_error([&] { BatchNormalization layer(options); }, ErrorCategory::invalid_argument,
+                 "rmin <= rmax");
+    // Without renorm TF never looks at the clipping dictionary.
+    options.renorm = false;
+    options.renorm_clipping = {{"anything", 1.0}};
+    EXPECT_NO_THROW(BatchNormalization layer(options));
+}
+
+TEST(BatchNormalizationConstruction, UnknownInitializerNameIsAnError) {
+    BatchNormalizationOptions options;
+    options.gamma_initializer = "not_an_initializer";
+    expect_error([&] { BatchNormalization layer(options); }, ErrorCategory::invalid_argument,
+                 "gamma_initializer");
+}
+
+TEST(BatchNormalizationConstruction, EmptyAxisListIsAnError) {
+    expect_error([] { BatchNormalization layer(with_axis(std::vector<int>{})); },
+                 ErrorCategory::invalid_argument, "axis = []");
+}
+
+TEST(BatchNormalizationBuild, AxisOutOfRangeShowsTheResolvedValue) {
+    BatchNormalization layer(with_axis(-3));
+    expect_error(
+        [&] {
+            layer.build({4, 3});
+        },
+        ErrorCategory::invalid_argument, "axis = -1 (resolved)");
+    EXPECT_FALSE(layer.built());
+}
+
+TEST(BatchNormalizationBuild, DuplicateAxesAreFoundAfterResolution) {
+    BatchNormalization layer(with_axis(std::vector<int>{1, -1}));
+    expect_error([&] { layer.build({4, 3}); }, ErrorCategory::invalid_argument, "duplicate");
+}
+
+TEST(BatchNormalizationBuild, RankZeroIsAnUndefinedRank) {
+    BatchNormalization layer;
+    expect_error([&] { layer.build({}); }, ErrorCategory::invalid_argument, "input rank");
+}
+
+TEST(BatchNormalizationBuild, VirtualBatchChecks) {
+    BatchNormalizationOptions options;
+    options.virtual_batch_size = 0;
+    expect_error(
+        [&] {
+            BatchNormalization(options).build({4, 3});
+        },
+        ErrorCategory::invalid_argument, "virtual_batch_size = 0");
+    options.virtual_batch_size = 2;
+    options.axis = 0;
+    expect_error(
+        [&] {
+            BatchNormalization(options).build({4, 3});
+        },
+        ErrorCategory::invalid_argument, "axis 0");
+    options.axis = -1;
+    options.adjustment = [](const Shape&) {
+        return std::pair{Tensor::filled({1}, 1.0f), Tensor::filled({1}, 0.0f)};
+    };
+    expect_error(
+        [&] {
+            BatchNormalization(options).build({4, 3});
+        },
+        ErrorCategory::invalid_argument, "adjustment");
+}
+
+TEST(BatchNormalizationBuild, FusedTrueNeedsRankFourInV2ButFallsBackInV1) {
+    BatchNormalizationOptions options;
+    options.fused = true;
+    expect_error(
+        [&] {
+            BatchNormalization(options).build({4, 3, 2});
+        },
+        ErrorCategory::invalid_argument, "fused = true");
+    options.behavior = BatchNormalizationBehavior::v1;
+    BatchNormalization v1_layer(options);
+    v1_layer.build({4, 3, 2});
+    EXPECT_FALSE(v1_layer.fused());
+}
+
+TEST(BatchNormalizationBuild, FusedDecisionFollowsTheBehavior) {
+    auto fused_for = [](BatchNormalizationOptions options, const Shape& shape) {
+        BatchNormalization layer(std::move(options));
+        layer.build(shape);
+        return layer.fused();
+    };
+    EXPECT_TRUE(fused_for(with_axis(-1), {2, 3, 3, 4}));
+    EXPECT_TRUE(fused_for(with_axis(1), {2, 3, 3, 4}));
+    EXPECT_FALSE(fused_for(with_axis(-1), {2, 4}));
+    EXPECT_FALSE(fused_for(with_axis(2), {2, 3, 3, 4}));
+    EXPECT_FALSE(fused_for(with_axis(-1), {2, 3, 3, 3, 4}));  // 1.15 fuses rank 4 only
+
+    BatchNormalizationOptions tf_keras = with_axis(-1);
+    tf_keras.behavior = BatchNormalizationBehavior::tf_keras;
+    EXPECT_TRUE(fused_for(tf_keras, {2, 3, 3, 3, 4}));
+    tf_keras.axis = 2;
+    EXPECT_FALSE(fused_for(tf_keras, {2, 3, 3, 3, 4}));  // quietly unfused
+    // tf_keras quirk (spec §4): axis −4 passes the constructor on rank 4, then build raises.
+    tf_keras.axis = -4;
+    expect_error(
+        [&] {
+            fused_for(tf_keras, {2, 3, 3, 4});
+        },
+        ErrorCategory::invalid_argument, "axis = [0] (resolved)");
+
+    BatchNormalizationOptions v1 = with_axis(-1);
+    v1.behavior = BatchNormalizationBehavior::v1;
+    v1.fused = false;
+    EXPECT_FALSE(fused_for(v1, {2, 3, 3, 4}));
+}
+
+TEST(BatchNormalizationBuild, ParameterShapesFollowKeras) {
+    auto shape_of = [](BatchNormalizationOptions options, const Shape& input) {
+        BatchNormalization layer(std::move(options));
+        layer.build(input);
+        return layer.variable("moving_mean").shape();
+    };
+    EXPECT_EQ(shape_of(with_axis(-1), {2, 5, 5, 3}), (Shape{3}));
+    EXPECT_EQ(shape_of(with_axis(std::vector<int>{1, 3}), {2, 5, 6, 3}), (Shape{1, 5, 1, 3}));
+    BatchNormalizationOptions ghost = with_axis(-1);
+    ghost.virtual_batch_size = 2;
+    EXPECT_EQ(shape_of(ghost, {4, 3}), (Shape{1, 1, 3}));
+    ghost.axis = 1;
+    EXPECT_EQ(shape_of(ghost, {4, 3, 5, 5}), (Shape{1, 1, 3, 1, 1}));
+}
+
+TEST(BatchNormalizationBuild, VariablesInKerasCreationOrder) {
+    BatchNormalizationOptions options;
+    options.renorm = true;
+    BatchNormalization layer(options);
+    layer.build({2, 3});
+    EXPECT_THAT(layer.variable_names(),
+                ElementsAre("gamma", "beta", "moving_mean", "moving_variance", "moving_stddev",
+                            "renorm_mean", "renorm_stddev"));
+    EXPECT_THAT(layer.trainable_variable_names(), ElementsAre("gamma", "beta"));
+    options.center = false;
+    options.scale = false;
+    options.renorm = false;
+    BatchNormalization bare(options);
+    bare.build({2, 3});
+    EXPECT_THAT(bare.variable_names(), ElementsAre("moving_mean", "moving_variance"));
+}
+
+TEST(BatchNormalizationCall, TrainingUsesBatchStatisticsAndUpdatesMovingOnes) {
+    BatchNormalizationOptions options;
+    options.momentum = 0.5;
+    options.fused = false;  // generic path: biased variance in the update
+    BatchNormalization layer(options);
+    const Tensor y = layer.call(nhwc_input(), {.training = true});
+
+    // y = (x − μ)/sqrt(σ² + ε): channel 0 (μ 4, σ² 5), channel 1 (μ 0, σ² 4); ε = 1e-3.
+    const std::vector<float> x = values(nhwc_input());
+    const std::vector<float> out = values(y);
+    const double mean[2] = {4.0, 0.0};
+    const double variance[2] = {5.0, 4.0};
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        const double exact = (x[i] - mean[i % 2]) / std::sqrt(variance[i % 2] + 1e-3);
+        // A handful of f32 roundings on values of magnitude <= 1.5.
+        EXPECT_NEAR(out[i], exact, 8 * kEps32 * 1.5) << i;
+    }
+    // v ← v − (v − value)·0.5 from (0, 1): moving_mean (2, 0); moving_variance (3, 2.5).
+    EXPECT_THAT(values(layer.variable("moving_mean")), ElementsAre(2.0f, 0.0f));
+    EXPECT_THAT(values(layer.variable("moving_variance")), ElementsAre(3.0f, 2.5f));
+    EXPECT_TRUE(layer.last_call_report().training);
+    EXPECT_FALSE(layer.last_call_report().fused_semantics);
+}
+
+TEST(BatchNormalizationCall, FusedSemanticsUseBesselsCorrectionForTheMovingVariance) {
+    BatchNormalizationOptions options;
+    options.momentum = 0.0;
+    BatchNormalization layer(options);  // fused=None on rank 4, axis -1: fused
+    layer.call(nhwc_input(), {.training = true});
+    ASSERT_TRUE(layer.fused());
+    EXPECT_TRUE(layer.last_call_report().fused_semantics);
+    // n = 4: unbiased variances 5·4/3 and 4·4/3; with momentum 0 the variable becomes the value
+    // up to the float rounding of v − (v − value) (spec §13).
+    const std::vector<float> moving_variance = values(layer.variable("moving_variance"));
+    EXPECT_NEAR(moving_variance[0], 20.0 / 3.0, 4 * kEps32 * 20.0 / 3.0);
+    EXPECT_NEAR(moving_variance[1], 16.0 / 3.0, 4 * kEps32 * 16.0 / 3.0);
+}
+
+TEST(BatchNormalizationCall, FusedSemanticsClampEpsilonAlsoAtInference) {
+    BatchNormalizationOptions options;
+    options.epsilon = 1e-10;
+    options.moving_variance_initializer = "zeros";
+    BatchNormalization fused_layer(options);
+    options.fused = false;
+    BatchNormalization generic_layer(options);
+    const Tensor x = Tensor::filled({1, 1, 1, 1}, 1e-3f);
+    // Moving variance 0: y = x/sqrt(ε): the fused path sees ε = 1.001e-5, the generic one 1e-10.
+    const float fused_y = fused_layer.call(x).get(0);
+    const float generic_y = generic_layer.call(x).get(0);
+    EXPECT_NEAR(fused_y, 1e-3 / std::sqrt(1.001e-5), 8 * kEps32 * 0.32);
+    EXPECT_NEAR(generic_y, 1e-3 / std::sqrt(1e-10), 8 * kEps32 * 1e2);
+}
+
+TEST(BatchNormalizationCall, UnspecifiedTrainingMeansInference) {
+    BatchNormalization layer;
+    const Tensor x = nhwc_input();
+    const std::vector<float> out = values(layer.call(x));
+    const std::vector<float> in = values(x);
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        // Moving statistics (0, 1): y = x/sqrt(1 + 1e-3).
+        EXPECT_NEAR(out[i], in[i] / std::sqrt(1.001), 4 * kEps32 * 7) << i;
+    }
+    EXPECT_THAT(values(layer.variable("moving_mean")), ElementsAre(0.0f, 0.0f));
+    EXPECT_FALSE(layer.last_call_report().training);
+}
+
+TEST(BatchNormalizationCall, FrozenLayerIsInferenceInV2ButBatchStatisticsInV1) {
+    BatchNormalizationOptions options;
+    options.trainable = false;
+    BatchNormalization v2(options);
+    v2.call(nhwc_input(), {.training = true});
+    EXPECT_FALSE(v2.last_call_report().training);
+
+    options.behavior = BatchNormalizationBehavior::v1;
+    BatchNormalization v1(options);
+    const std::vector<float> out = values(v1.call(nhwc_input(), {.training = true}));
+    EXPECT_TRUE(v1.last_call_report().training);
+    EXPECT_NEAR(out[0], (1.0 - 4.0) / std::sqrt(5.0 + 1e-3), 8 * kEps32 * 1.5);
+    // ...but nothing is updated.
+    EXPECT_THAT(values(v1.variable("moving_mean")), ElementsAre(0.0f, 0.0f));
+    EXPECT_THAT(values(v1.variable("moving_variance")), ElementsAre(1.0f, 1.0f));
+}
+
+TEST(BatchNormalizationCall, VirtualBatchesAreStrided) {
+    // B = 4, vbs = 2: TF's reshape to [2, 2, C] makes groups {0, 2} and {1, 3}.
+    BatchNormalizationOptions options;
+    options.virtual_batch_size = 2;
+    options.epsilon = 0.0;
+    options.momentum = 0.0;
+    BatchNormalization layer(options);
+    const Tensor x = Tensor::from_floats({4, 1}, std::vector<float>{0, 10, 2, 30});
+    const std::vector<float> y = values(layer.call(x, {.training = true}));
+    // Group {0, 2}: mean 1, variance 1 → −1, +1. Group {10, 30}: mean 20, variance 100 → −1, +1.
+    EXPECT_THAT(y, ElementsAre(-1.0f, -1.0f, 1.0f, 1.0f));
+    // Moving statistics: mean of group means (1 + 20)/2, mean of group variances (1 + 100)/2.
+    EXPECT_NEAR(layer.variable("moving_mean").get(0), 10.5, 4 * kEps32 * 10.5);
+    EXPECT_NEAR(layer.variable("moving_variance").get(0), 50.5, 4 * kEps32 * 50.5);
+    EXPECT_EQ(layer.variable("moving_mean").shape(), (Shape{1, 1, 1}));
+}
+
+TEST(BatchNormalizationCall, RenormCorrectionIsClippedInTfOrder) {
+    BatchNormalizationOptions options;
+    options.renorm = true;
+    options.renorm_clipping = {{"rmax", 1.5}, {"dmax", 0.25}};
+    options.epsilon = 0.0;
+    BatchNormalization layer(options);
+    // One channel: 0, 4 → mean 2, variance 4, stddev 2; renorm stats start at (0, 1).
+    layer.call(Tensor::from_floats({2, 1}, std::vector<float>{0, 4}), {.training = true});
+    // r = 2/1 → clipped to 1.5; d = (2 − 0)/1 → clipped to 0.25.
+    EXPECT_FLOAT_EQ(layer.last_renorm_r().get(0), 1.5f);
+    EXPECT_FLOAT_EQ(layer.last_renorm_d().get(0), 0.25f);
+}
+
+TEST(BatchNormalizationCall, FailedCallsChangeNoVariable) {
+    BatchNormalizationOptions options;
+    options.virtual_batch_size = 2;
+    BatchNormalization layer(options);
+    layer.call(Tensor::filled({2, 3}, 1.0f), {.training = true});
+    const std::vector<float> mean_before = values(layer.variable("moving_mean"));
+    const std::vector<float> variance_before = values(layer.variable("moving_variance"));
+
+    expect_error(
+        [&] {
+            layer.call(Tensor::filled({2, 3, 1}, 1.0f), {.training = true});
+        },
+        ErrorCategory::shape_mismatch, "input rank");
+    expect_error(
+        [&] {
+            layer.call(Tensor::filled({2, 4}, 1.0f), {.training = true});
+        },
+        ErrorCategory::shape_mismatch, "input dimension 1");
+    expect_error(
+        [&] {
+            layer.call(Tensor::filled({3, 3}, 1.0f), {.training = true});
+        },
+        ErrorCategory::shape_mismatch, "virtual_batch_size = 2");
+    EXPECT_EQ(values(layer.variable("moving_mean")), mean_before);
+    EXPECT_EQ(values(layer.variable("moving_variance")), variance_before);
+}
+
+TEST(BatchNormalizationCall, BadAdjustmentShapeChangesNothing) {
+    BatchNormalizationOptions options;
+    options.adjustment = [](const Shape&) {
+        return std::pair{Tensor::filled({5}, 1.0f), Tensor::filled({3}, 0.0f)};
+    };
+    BatchNormalization layer(options);
+    expect_error(
+        [&] {
+            layer.call(Tensor::filled({2, 3}, 1.0f), {.training = true});
+        },
+        ErrorCategory::shape_mismatch, "adjustment scale shape = [5]");
+    EXPECT_THAT(values(layer.variable("moving_mean")), ElementsAre(0.0f, 0.0f, 0.0f));
+    // Inference never calls the adjustment.
+    EXPECT_NO_THROW(layer.call(Tensor::filled({2, 3}, 1.0f)));
+}
+
+TEST(BatchNormalizationCall, EmptyTrainingBatchChangesNothing) {
+    BatchNormalization layer;
+    layer.build({2, 3});
+    const Tensor y = layer.call(Tensor({0, 3}, DType::f32), {.training = true});
+    EXPECT_EQ(y.shape(), (Shape{0, 3}));
+    EXPECT_THAT(values(layer.variable("moving_mean")), ElementsAre(0.0f, 0.0f, 0.0f));
+    EXPECT_THAT(values(layer.variable("moving_variance")), ElementsAre(1.0f, 1.0f, 1.0f));
+}
+
+TEST(BatchNormalizationCall, OutputIsInTheComputeDtype) {
+    BatchNormalizationOptions options;
+    options.dtype = "bfloat16";
+    BatchNormalization layer(options);
+    const Tensor y = layer.call(nhwc_input(), {.training = true});
+    EXPECT_EQ(y.dtype(), DType::bf16);
+    EXPECT_EQ(layer.variable("moving_mean").dtype(), DType::f32);
+    // Channel 0, first element: (1 − 4)/sqrt(5.001) = −1.3415; bf16 keeps 8 bits.
+    EXPECT_NEAR(y.get(0), -3.0 / std::sqrt(5.001), 1.3416 * std::ldexp(1.0, -8));
+}
+
+TEST(BatchNormalizationConfig, RoundTripsThroughKerasJson) {
+    BatchNormalizationOptions options = with_axis(std::vector<int>{1, 3});
+    options.momentum = 0.9;
+    options.renorm = true;
+    options.renorm_clipping = {{"rmax", 3.0}};
+    options.virtual_batch_size = 2;
+    options.gamma_regularizer = "l2";
+    options.name = "bn_config";
+    BatchNormalization layer(options);
+    const nlohmann::json config = layer.get_config();
+    EXPECT_EQ(config["axis"], nlohmann::json({1, 3}));
+    EXPECT_EQ(config["gamma_regularizer"]["class_name"], "L1L2");
+    EXPECT_EQ(config["renorm_clipping"]["rmax"], 3.0);
+    EXPECT_EQ(config["behavior"], "v2");
+    auto rebuilt = BatchNormalization::from_config(config);
+    EXPECT_EQ(rebuilt->get_config(), config);
+    // The user's axis survives build (TF would store the virtual-batch-shifted one).
+    layer.build({4, 5, 6, 3});
+    EXPECT_EQ(layer.get_config()["axis"], nlohmann::json({1, 3}));
+}
+
+TEST(BatchNormalizationConfig, UnknownKeysAndWrongTypesAreErrors) {
+    expect_error(
+        [] {
+            BatchNormalization::from_config({{"axes", 1}});
+        },
+        ErrorCategory::invalid_argument, "'axes'");
+    expect_error(
+        [] {
+            BatchNormalization::from_config({{"momentum", "high"}});
+        },
+        ErrorCategory::invalid_argument, "momentum = \"high\"");
+    expect_error(
+        [] {
+            BatchNormalization::from_config({{"axis", "last"}});
+        },
+        ErrorCategory::invalid_argument, "axis = \"last\"");
+}
+
+TEST(BatchNormalizationVariables, RegularizationLossesAndConstraints) {
+    BatchNormalizationOptions options;
+    options.gamma_regularizer = "l2";
+    options.beta_regularizer = "l1";
+    options.gamma_constraint = "non_neg";
+    options.gamma_initializer = {{"class_name", "Constant"}, {"config", {{"value", -2.0}}}};
+    BatchNormalization layer(options);
+    layer.build({2, 3});
+    // gamma = −2 ×3: l2 0.01·12 = 0.12; beta = 0: l1 0.
+    const std::vector<double> losses = layer.regularization_losses();
+    ASSERT_EQ(losses.size(), 2u);
+    EXPECT_NEAR(losses[0], 0.12, 1e-7);
+    EXPECT_EQ(losses[1], 0.0);
+    layer.apply_constraints();
+    EXPECT_THAT(values(layer.variable("gamma")), ElementsAre(0.0f, 0.0f, 0.0f));
+}
+
+TEST(BatchNormalizationVariables, SetVariableChecksTheShape) {
+    BatchNormalization layer;
+    layer.build({2, 3});
+    expect_error([&] { layer.set_variable("gamma", Tensor::filled({4}, 1.0f)); },
+                 ErrorCategory::shape_mismatch, "shape = [4]");
+    expect_error([&] { layer.set_variable("gama", Tensor::filled({3}, 1.0f)); },
+                 ErrorCategory::invalid_argument, "gama");
+}
+
+}  // namespace
+}  // namespace keel
