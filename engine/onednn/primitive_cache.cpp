@@ -1,0 +1,58 @@
+#include "engine/onednn/primitive_cache.hpp"
+
+#include <exception>
+#include <future>
+#include <string>
+
+#include <keel/engine/error.hpp>
+
+namespace keel {
+
+std::shared_ptr<const CachedPrimitive> PrimitiveCache::get_or_create(const std::string& key,
+                                                                     int threads,
+                                                                     const Factory& create) {
+    if (threads < 1) {
+        throw invalid_argument("PrimitiveCache", "threads", std::to_string(threads),
+                               "a positive thread count");
+    }
+    const std::string full_key = key + "#threads=" + std::to_string(threads);
+
+    std::unique_lock lock(mutex_);
+    if (const auto found = entries_.find(full_key); found != entries_.end()) return found->second;
+    if (const auto in_flight = pending_.find(full_key); in_flight != pending_.end()) {
+        // Another thread is creating this primitive: wait for it rather than create it twice.
+        const auto result = in_flight->second;
+        lock.unlock();
+        return result.get();
+    }
+
+    // Creation can take milliseconds; it runs outside the lock so other keys are not held up.
+    std::promise<std::shared_ptr<const CachedPrimitive>> promise;
+    pending_.emplace(full_key, promise.get_future().share());
+    lock.unlock();
+
+    std::shared_ptr<const CachedPrimitive> created;
+    try {
+        created = std::make_shared<const CachedPrimitive>(create());
+        const std::lock_guard publish(mutex_);
+        entries_.emplace(full_key, created);
+        pending_.erase(full_key);
+    } catch (...) {
+        // Cache nothing, so the next request tries again; requests already waiting share the error.
+        {
+            const std::lock_guard forget(mutex_);
+            pending_.erase(full_key);
+        }
+        promise.set_exception(std::current_exception());
+        throw;
+    }
+    promise.set_value(created);
+    return created;
+}
+
+std::size_t PrimitiveCache::size() const {
+    std::lock_guard lock(mutex_);
+    return entries_.size();
+}
+
+}  // namespace keel

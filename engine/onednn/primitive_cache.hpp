@@ -4,6 +4,7 @@
 // thread count the primitive was created for (oneDNN fixes the team size at creation).
 
 #include <functional>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -32,6 +33,9 @@ public:
 private:
     mutable std::mutex mutex_;
     std::unordered_map<std::string, std::shared_ptr<const CachedPrimitive>> entries_;
+    // Keys whose factory is running now; concurrent requests for them wait on the future.
+    std::unordered_map<std::string, std::shared_future<std::shared_ptr<const CachedPrimitive>>>
+        pending_;
 };
 
 }  // namespace keel
