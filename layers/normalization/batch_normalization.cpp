@@ -467,25 +467,11 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
     }
 
     // Training: batch statistics per statistic index (group-major with virtual batches).
-    std::vector<double> batch_mean;
-    std::vector<double> batch_variance;
-    std::optional<std::vector<float>> onednn_mean;
-    if (plan.path == KernelPath::onednn) {
-        std::vector<float> mean(static_cast<std::size_t>(params));
-        std::vector<float> variance(static_cast<std::size_t>(params));
-        run_onednn_training(impl.engine, *plan.primitive, plan.onednn_request, x,
-                            options.scale ? gamma.data() : nullptr,
-                            options.center ? beta.data() : nullptr, y, mean.data(),
-                            variance.data());
-        batch_mean.assign(mean.begin(), mean.end());
-        batch_variance.assign(variance.begin(), variance.end());
-    } else {
-        Moments moments = plan.path == KernelPath::reference
-                              ? reference_moments(x, geometry)
-                              : compute_moments(impl.engine, x, geometry);
-        batch_mean = std::move(moments.mean);
-        batch_variance = std::move(moments.variance);
-    }
+    const Moments moments = plan.path == KernelPath::reference
+                                ? reference_moments(x, geometry)
+                                : compute_moments(impl.engine, x, geometry);
+    const std::vector<double>& batch_mean = moments.mean;
+    const std::vector<double>& batch_variance = moments.variance;
 
     // Moments the updates and renorm see: with virtual batches, the mean over groups of the
     // per-group moments (spec §6d), rounded to f32 as TF's variables hold them.
@@ -527,7 +513,15 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
         }
     }
 
-    if (plan.path != KernelPath::onednn) {
+    if (plan.path == KernelPath::onednn) {
+        // Only plain statistics reach oneDNN (no virtual batches, renorm or adjustment), so one
+        // group and r = 1, d = 0: oneDNN normalizes with the batch statistics as given.
+        std::vector<float> mean32(batch_mean.begin(), batch_mean.end());
+        std::vector<float> variance32(batch_variance.begin(), batch_variance.end());
+        run_onednn_inference(impl.engine, *plan.primitive, plan.onednn_request, x, mean32.data(),
+                             variance32.data(), options.scale ? gamma.data() : nullptr,
+                             options.center ? beta.data() : nullptr, y);
+    } else {
         // Per statistic k = (group, parameter p):
         //   without adjustment  y = (x − μ_k)·(inv_k·r·γ) + (d·γ + β)
         //   with adjustment     u = (x − μ_k)·(inv_k·r) + d;  y = (u·adj_s + adj_b)·γ + β
