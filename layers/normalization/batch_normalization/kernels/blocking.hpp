@@ -1,0 +1,126 @@
+#pragma once
+
+// Internal: the blocking constants keel's batch-normalization kernels share with their tests, and
+// the argument blocks passed from the (target-independent) planners in moments.cpp and
+// normalize.cpp to their Highway-dispatched inner loops.
+
+#include <cstdint>
+
+#include <keel/engine/dtype.hpp>
+#include <keel/engine/tensor.hpp>
+
+namespace keel::batch_normalization {
+
+// Every f32 partial sum inside a block (of x − x₀, of x − m or of (x − m)²) is built by at most
+// this many sequential additions, including the final combination of vector accumulators and
+// lanes. The f32 part of the moments' error bound is proportional to it (tests derive their
+// tolerances from it); everything past a block is merged in f64.
+inline constexpr int kMaxF32AdditionChain = 264;
+
+// A block is reduced with two passes over memory it just loaded, so it must stay in L1 (32 KiB
+// per core on the machines keel targets): 4096 widened f32 values is 16 KiB.
+inline constexpr std::int64_t kBlockElements = 4096;
+
+// The widest column tile the matrix moments kernel keeps f32 accumulators for (three arrays of
+// this many floats on the stack); a last tile may be up to kMinTileWidth − 1 wider.
+inline constexpr std::int64_t kMaxTileWidth = 512;
+inline constexpr std::int64_t kMinTileWidth = 16;  // the widest f32 vector on x86 (AVX-512)
+inline constexpr std::int64_t kMaxBlockRows = 256;
+
+// The largest f32 vector any compiled Highway target uses (AVX-512). Periods of coefficient
+// tables are multiples of it so that every target's vectors tile them exactly.
+inline constexpr std::int64_t kMaxLanes = 16;
+
+// Reduced runs at least this long are reduced along the run (the channels-first kernel); shorter
+// ones are laid side by side as columns of a matrix, which vectorizes across them instead. Below
+// about this length the run kernel's per-run horizontal sums and merge cost more than the matrix
+// kernel's column merges (measured on AVX-512 with 64 to 512-element runs).
+inline constexpr std::int64_t kMinRunLength = 256;
+
+// Work below this many elements is not worth handing to another thread.
+inline constexpr std::int64_t kParallelGrainElements = 64 * 1024;
+
+// --- moments ---------------------------------------------------------------------------------
+
+// `rows` rows of `width` contiguous elements each, consecutive rows `pitch` elements apart. Each
+// column's statistics are merged (Chan's formula) into count/mean/m2[column].
+struct MatrixRows {
+    const void* x = nullptr;
+    std::int64_t rows = 0;
+    std::int64_t pitch = 0;
+    std::int64_t width = 0;  // in [kMinTileWidth, kMaxTileWidth + kMinTileWidth)
+    double* count = nullptr;
+    double* mean = nullptr;
+    double* m2 = nullptr;
+};
+
+// `length` contiguous elements (at least kMinTileWidth) of one statistic, merged into
+// *count/*mean/*m2.
+struct Run {
+    const void* x = nullptr;
+    std::int64_t length = 0;
+    double* count = nullptr;
+    double* mean = nullptr;
+    double* m2 = nullptr;
+};
+
+// --- normalize -------------------------------------------------------------------------------
+
+// Widest period of a coefficient table replicated so that narrow rows fill whole vectors.
+inline constexpr std::int64_t kMaxPackedWidth = 1024;
+// Longest coefficient table expanded over two dimensions for short reduced runs.
+inline constexpr std::int64_t kMaxExpandedPeriod = 4096;
+
+// How an operand of the element-wise pass (the per-statistic coefficients, or one adjustment
+// tensor) varies along a row. Position j of a row (taken modulo the plan's period) reads index
+//     base + (j / inner_length) * middle_stride + (j % inner_length) * inner_stride,
+// where base comes from the outer dimensions.
+struct OperandLayout {
+    enum class Kind {
+        scalar,  // one value per row
+        direct,  // index = base + j: read the source array in place
+        table,   // anything else: gathered into a per-thread table once per base
+    };
+    Kind kind = Kind::scalar;
+    std::int64_t middle_stride = 0;
+    std::int64_t inner_stride = 0;
+    std::int64_t outer_stride[kMaxRank] = {};  // base change per step of each outer dimension
+};
+
+// The element-wise pass as rows of contiguous elements. Rows enumerate the outer dimensions
+// row-major (row r starts at element r * row_length); each row is cut into chunks_per_row chunks
+// of chunk_length for parallelism; "units" are (row, chunk) pairs, row-major.
+struct NormalizePlan {
+    DType x_dtype = DType::f32;
+    DType y_dtype = DType::f32;
+    const void* x = nullptr;
+    void* y = nullptr;
+    // y does not overlap x, so an output may be written twice with the same value (a row's last
+    // partial vector is then computed as a whole vector ending at the row's end).
+    bool may_rewrite_outputs = false;
+
+    std::int64_t row_length = 0;
+    std::int64_t period = 0;  // array operands repeat with this period; 0 if all are scalars
+    std::int64_t inner_length = 1;
+    std::int64_t chunk_length = 0;
+    std::int64_t chunks_per_row = 1;
+
+    int outer_rank = 0;
+    std::int64_t outer_size[kMaxRank] = {};
+
+    OperandLayout statistic;  // indexes mean_hi, mean_lo, scale, shift, outer_scale, outer_shift
+    OperandLayout adjustment_scale;
+    OperandLayout adjustment_bias;
+
+    const float* mean_hi = nullptr;
+    const float* mean_lo = nullptr;
+    const float* scale = nullptr;
+    const float* shift = nullptr;
+    bool with_adjustment = false;
+    const float* outer_scale = nullptr;
+    const float* outer_shift = nullptr;
+    const float* adjustment_scale_values = nullptr;
+    const float* adjustment_bias_values = nullptr;
+};
+
+}  // namespace keel::batch_normalization

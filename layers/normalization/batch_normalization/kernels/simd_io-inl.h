@@ -1,0 +1,133 @@
+// Internal: loading f32/bf16/f16 elements as f32 vectors and storing f32 vectors back rounded to
+// nearest even, for every Highway target. Included by the kernels after foreach_target.h, so it is
+// compiled once per target (the include guard toggles, as Highway's own -inl.h headers do).
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include <keel/engine/dtype.hpp>
+
+#ifndef KEEL_BATCH_NORMALIZATION_SIMD_IO_FORMATS_
+#define KEEL_BATCH_NORMALIZATION_SIMD_IO_FORMATS_
+namespace keel::batch_normalization {
+
+// Element formats as template tags; 16-bit formats are stored as raw bits.
+struct F32Format {
+    using Storage = float;
+};
+struct Bf16Format {
+    using Storage = std::uint16_t;
+};
+struct F16Format {
+    using Storage = std::uint16_t;
+};
+
+}  // namespace keel::batch_normalization
+#endif
+
+#if defined(KEEL_BATCH_NORMALIZATION_SIMD_IO_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef KEEL_BATCH_NORMALIZATION_SIMD_IO_INL_H_
+#undef KEEL_BATCH_NORMALIZATION_SIMD_IO_INL_H_
+#else
+#define KEEL_BATCH_NORMALIZATION_SIMD_IO_INL_H_
+#endif
+
+#include <hwy/highway.h>
+
+HWY_BEFORE_NAMESPACE();
+namespace keel::batch_normalization {
+namespace HWY_NAMESPACE {
+
+namespace hn = hwy::HWY_NAMESPACE;
+
+using FloatTag = hn::ScalableTag<float>;
+using FloatVec = hn::Vec<FloatTag>;
+
+// Hardware f16 conversion (F16C) exists on the AVX2 and AVX-512 targets. Highway 1.0.3 emulates it
+// elsewhere, but its emulation truncates instead of rounding and mishandles infinities and NaN, so
+// those targets convert lane by lane with keel's own routines (the exact semantics of Tensor::to).
+#if HWY_ARCH_X86 && HWY_TARGET < HWY_SSE4 && !defined(HWY_DISABLE_F16C)
+inline constexpr bool kHardwareF16 = true;
+#else
+inline constexpr bool kHardwareF16 = false;
+#endif
+
+template <class Format>
+HWY_INLINE FloatVec load_as_f32(FloatTag df, const typename Format::Storage* source) {
+    if constexpr (std::is_same_v<Format, F32Format>) {
+        return hn::LoadU(df, source);
+    } else if constexpr (std::is_same_v<Format, Bf16Format>) {
+        // bf16 is the upper half of an f32: widening is exact.
+        const hn::Rebind<std::uint16_t, FloatTag> du16;
+        const hn::RebindToUnsigned<FloatTag> du32;
+        return hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du32, hn::LoadU(du16, source))));
+    } else if constexpr (kHardwareF16) {
+        const hn::Rebind<hwy::float16_t, FloatTag> df16;
+        return hn::PromoteTo(df, hn::LoadU(df16, reinterpret_cast<const hwy::float16_t*>(source)));
+    } else {
+        HWY_ALIGN float widened[hn::MaxLanes(FloatTag())];
+        for (std::size_t i = 0; i < hn::Lanes(df); ++i) widened[i] = f16_bits_to_float(source[i]);
+        return hn::Load(df, widened);
+    }
+}
+
+template <class Format>
+HWY_INLINE void store_from_f32(FloatTag df, FloatVec value, typename Format::Storage* destination) {
+    if constexpr (std::is_same_v<Format, F32Format>) {
+        hn::StoreU(value, df, destination);
+    } else if constexpr (std::is_same_v<Format, Bf16Format>) {
+        // Highway 1.0.3's DemoteTo to bf16 truncates; keel rounds to nearest even: add 0x7FFF plus
+        // the lowest kept bit, then drop the low half. NaN keeps its sign and upper payload and
+        // becomes quiet (the carry could otherwise turn it into an infinity or flip the sign).
+        const hn::RebindToUnsigned<FloatTag> du32;
+        const hn::RebindToSigned<FloatTag> di32;
+        const hn::Rebind<std::uint16_t, FloatTag> du16;
+        const auto bits = hn::BitCast(du32, value);
+        const auto upper = hn::ShiftRight<16>(bits);
+        const auto bias = hn::Add(hn::And(upper, hn::Set(du32, 1)), hn::Set(du32, 0x7FFF));
+        const auto rounded = hn::ShiftRight<16>(hn::Add(bits, bias));
+        const auto quiet_nan = hn::Or(upper, hn::Set(du32, 0x0040));
+        const auto result =
+            hn::IfThenElse(hn::RebindMask(du32, hn::IsNaN(value)), quiet_nan, rounded);
+        // Every lane holds a value below 2^16, so the saturating demotion only narrows.
+        hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di32, result)), du16, destination);
+    } else if constexpr (kHardwareF16) {
+        // VCVTPS2PH with imm8 = 0 rounds to nearest even, as keel does.
+        const hn::Rebind<hwy::float16_t, FloatTag> df16;
+        hn::StoreU(hn::DemoteTo(df16, value), df16, reinterpret_cast<hwy::float16_t*>(destination));
+    } else {
+        HWY_ALIGN float lanes[hn::MaxLanes(FloatTag())];
+        hn::Store(value, df, lanes);
+        for (std::size_t i = 0; i < hn::Lanes(df); ++i)
+            destination[i] = float_to_f16_bits(lanes[i]);
+    }
+}
+
+// The first `count` (< Lanes) elements, the other lanes zero. Reads only those elements, so it is
+// safe at the end of a buffer on every target (masked loads are emulated with full loads on some).
+template <class Format>
+HWY_INLINE FloatVec load_partial_as_f32(FloatTag df, const typename Format::Storage* source,
+                                        std::size_t count) {
+    using Storage = typename Format::Storage;
+    HWY_ALIGN Storage staged[hn::MaxLanes(FloatTag())] = {};
+    std::memcpy(staged, source, count * sizeof(Storage));
+    return load_as_f32<Format>(df, staged);
+}
+
+// Writes only the first `count` (< Lanes) lanes.
+template <class Format>
+HWY_INLINE void store_partial_from_f32(FloatTag df, FloatVec value,
+                                       typename Format::Storage* destination, std::size_t count) {
+    using Storage = typename Format::Storage;
+    HWY_ALIGN Storage staged[hn::MaxLanes(FloatTag())];
+    store_from_f32<Format>(df, value, staged);
+    std::memcpy(destination, staged, count * sizeof(Storage));
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace keel::batch_normalization
+HWY_AFTER_NAMESPACE();
+
+#endif  // KEEL_BATCH_NORMALIZATION_SIMD_IO_INL_H_
