@@ -1,1 +1,88 @@
-int main() { return 0; }
+#include <exception>
+#include <iostream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include <keel/engine/error.hpp>
+#include <keel/version.hpp>
+
+#include "commands.hpp"
+
+namespace {
+
+// Runs one subcommand so that no exception ever escapes main: the tool reports and exits with 1
+// instead of terminating (layer-run catches everything itself and exits with 2).
+template <typename Command>
+int guarded(Command&& command) {
+    try {
+        return command();
+    } catch (const keel::Error& error) {
+        std::cerr << "keel: error (" << keel::category_name(error.category())
+                  << "): " << error.what() << '\n';
+    } catch (const std::exception& error) {
+        std::cerr << "keel: internal error: " << error.what() << '\n';
+    } catch (...) {
+        std::cerr << "keel: internal error: unknown exception\n";
+    }
+    return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"keel: a CPU inference engine component on oneDNN", "keel"};
+    app.set_version_flag("--version", "keel " + std::string(keel::version()));
+    app.require_subcommand(1);
+    app.footer("Logs go to stderr; KEEL_LOG_LEVEL (trace ... off) and KEEL_NUM_THREADS apply.");
+
+    CLI::App* info = app.add_subcommand(
+        "info", "Print keel's version, oneDNN's version, the ISA it detected, threads, build type");
+
+    keel::cli::LayerRunArguments layer_run_arguments;
+    CLI::App* layer_run = app.add_subcommand(
+        "layer-run",
+        "Run one layer through the calls a SCRIPT.json describes and write every output and "
+        "variable as .npy, with DIR/result.json (exit status 2 and an \"error\" object on "
+        "failure)");
+    layer_run->add_option("script", layer_run_arguments.script, "The script (JSON)")->required();
+    layer_run->add_option("--out", layer_run_arguments.out_dir, "Output directory (created)")
+        ->required();
+
+    keel::cli::DemoArguments demo_arguments;
+    CLI::App* demo = app.add_subcommand(
+        "demo", "Time a BatchNormalization layer on a random NHWC tensor, training then inference");
+    demo->add_option("--batch", demo_arguments.batch, "N")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    demo->add_option("--height", demo_arguments.height, "H")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    demo->add_option("--width", demo_arguments.width, "W")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    demo->add_option("--channels", demo_arguments.channels, "C")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    demo->add_option("--training-calls", demo_arguments.training_calls, "Training-mode calls")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1000));
+    demo->add_option("--inference-calls", demo_arguments.inference_calls, "Inference-mode calls")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1000));
+    demo->add_option("--seed", demo_arguments.seed, "Seed of the random input")
+        ->capture_default_str();
+
+    CLI11_PARSE(app, argc, argv);
+
+    if (*info) {
+        return guarded([] { return keel::cli::run_info(); });
+    }
+    if (*layer_run) {
+        return guarded([&] { return keel::cli::run_layer_run(layer_run_arguments); });
+    }
+    if (*demo) {
+        return guarded([&] { return keel::cli::run_demo(demo_arguments); });
+    }
+    return 1;
+}

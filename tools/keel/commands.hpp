@@ -1,0 +1,34 @@
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+
+// The subcommands of the `keel` tool. main.cpp only parses the command line; each command lives in
+// its own file and returns the process exit status.
+namespace keel::cli {
+
+// `keel info`: keel's version and the engine's description (oneDNN, ISA, threads, build type).
+int run_info();
+
+// `keel layer-run SCRIPT.json --out DIR`: the conformance runner (README, "keel layer-run").
+struct LayerRunArguments {
+    std::filesystem::path script;
+    std::filesystem::path out_dir;
+};
+// Exit status of a run that failed; result.json then holds {"error": {...}}.
+inline constexpr int kLayerRunFailed = 2;
+int run_layer_run(const LayerRunArguments& arguments);
+
+// `keel demo`: a BatchNormalization layer on a random NHWC tensor, timed call by call.
+struct DemoArguments {
+    std::int64_t batch = 32;
+    std::int64_t height = 56;
+    std::int64_t width = 56;
+    std::int64_t channels = 64;
+    int training_calls = 3;
+    int inference_calls = 3;
+    std::uint64_t seed = 42;
+};
+int run_demo(const DemoArguments& arguments);
+
+}  // namespace keel::cli
