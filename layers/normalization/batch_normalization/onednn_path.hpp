@@ -19,10 +19,10 @@
 namespace keel::batch_normalization {
 
 struct OneDnnRequest {
-    std::int64_t outer = 0;     // product of every dimension but the channel (innermost) one
+    std::int64_t outer = 0;  // product of every dimension but the channel (innermost) one
     std::int64_t channels = 0;
-    DType dtype = DType::f32;   // data dtype (f32 or bf16); statistics and scale/shift are f32
-    bool training = false;      // true: batch statistics (forward_training); false: global stats
+    DType dtype = DType::f32;  // data dtype (f32 or bf16); statistics and scale/shift are f32
+    bool training = false;     // true: batch statistics (forward_training); false: global stats
     bool use_scale = false;
     bool use_shift = false;
     float epsilon = 0.0f;
@@ -42,8 +42,7 @@ OneDnnProbe probe_onednn(const Engine& engine, const OneDnnRequest& request);
 // (scale/shift may be null when not used). x and y: outer·channels elements of request.dtype.
 void run_onednn_inference(const Engine& engine, const CachedPrimitive& primitive,
                           const OneDnnRequest& request, const Tensor& x, const float* mean,
-                          const float* variance, const float* scale, const float* shift,
-                          Tensor& y);
+                          const float* variance, const float* scale, const float* shift, Tensor& y);
 
 // Training: normalizes with the batch statistics and writes them (mean, biased variance).
 void run_onednn_training(const Engine& engine, const CachedPrimitive& primitive,
