@@ -2,8 +2,8 @@
 
 // Internal: what an Engine owns. Included by keel's own libraries, never by public headers.
 
-#include <oneapi/dnnl/dnnl.hpp>
 #include <tbb/task_arena.h>
+#include <oneapi/dnnl/dnnl.hpp>
 
 #include <keel/engine/engine.hpp>
 
@@ -16,7 +16,7 @@ struct Engine::State {
 
     ThreadingOptions options;  // resolved: no zeros left
     dnnl::engine cpu;
-    tbb::task_arena arena;     // keel's own kernels run here, with intra_op_threads slots
+    tbb::task_arena arena;  // keel's own kernels run here, with intra_op_threads slots
     PrimitiveCache primitives;
 };
 

@@ -37,13 +37,13 @@ void parallel_for(const Engine& engine, std::int64_t count, std::int64_t grain, 
 // nthreads ICV is per thread; oneDNN reads it at execution and fixes its team size at creation,
 // which is why the primitive cache keys on it). Restores the previous value on destruction.
 class OneDnnThreadScope {
-public:
+  public:
     explicit OneDnnThreadScope(int threads);
     ~OneDnnThreadScope();
     OneDnnThreadScope(const OneDnnThreadScope&) = delete;
     OneDnnThreadScope& operator=(const OneDnnThreadScope&) = delete;
 
-private:
+  private:
     int previous_;
 };
 

@@ -16,12 +16,12 @@ namespace keel {
 
 struct CachedPrimitive {
     dnnl::primitive primitive;
-    dnnl::memory::desc scratchpad;   // user-mode scratchpad the primitive needs (may be zero-size)
-    std::string implementation;      // primitive_desc::impl_info_str()
+    dnnl::memory::desc scratchpad;  // user-mode scratchpad the primitive needs (may be zero-size)
+    std::string implementation;     // primitive_desc::impl_info_str()
 };
 
 class PrimitiveCache {
-public:
+  public:
     using Factory = std::function<CachedPrimitive()>;
 
     // Returns the cached entry for (key, threads), creating it with `create` on a miss. `create`
@@ -30,7 +30,7 @@ public:
                                                          const Factory& create);
     std::size_t size() const;
 
-private:
+  private:
     mutable std::mutex mutex_;
     std::unordered_map<std::string, std::shared_ptr<const CachedPrimitive>> entries_;
     // Keys whose factory is running now; concurrent requests for them wait on the future.

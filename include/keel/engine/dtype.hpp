@@ -27,9 +27,13 @@ std::uint16_t float_to_f16_bits(float value) noexcept;
 float f16_bits_to_float(std::uint16_t bits) noexcept;
 
 // Bulk conversions between f32 and a 16-bit format (used by tensor conversion and kernels).
-void convert_f32_to_bf16(const float* source, std::uint16_t* destination, std::size_t count) noexcept;
-void convert_bf16_to_f32(const std::uint16_t* source, float* destination, std::size_t count) noexcept;
-void convert_f32_to_f16(const float* source, std::uint16_t* destination, std::size_t count) noexcept;
-void convert_f16_to_f32(const std::uint16_t* source, float* destination, std::size_t count) noexcept;
+void convert_f32_to_bf16(const float* source, std::uint16_t* destination,
+                         std::size_t count) noexcept;
+void convert_bf16_to_f32(const std::uint16_t* source, float* destination,
+                         std::size_t count) noexcept;
+void convert_f32_to_f16(const float* source, std::uint16_t* destination,
+                        std::size_t count) noexcept;
+void convert_f16_to_f32(const std::uint16_t* source, float* destination,
+                        std::size_t count) noexcept;
 
 }  // namespace keel

@@ -27,7 +27,7 @@ struct ThreadingOptions {
 // Owns the oneDNN CPU engine, the threading configuration (with its TBB arena) and a cache of
 // oneDNN primitives. Cheap to copy: copies share the same state. Thread-safe.
 class Engine {
-public:
+  public:
     explicit Engine(ThreadingOptions options = ThreadingOptions::from_environment());
     ~Engine();
     Engine(const Engine&);
@@ -46,7 +46,7 @@ public:
     struct State;
     State& state() const noexcept { return *state_; }
 
-private:
+  private:
     std::shared_ptr<State> state_;
 };
 

@@ -15,11 +15,11 @@ std::string_view category_name(ErrorCategory category) noexcept;
 //   "<where>: <argument> = <value>; expected <rule>"
 // e.g. "BatchNormalization 'bn1': momentum = 1.5; expected a value in [0, 1]".
 class Error : public std::runtime_error {
-public:
+  public:
     Error(ErrorCategory category, const std::string& message);
     ErrorCategory category() const noexcept { return category_; }
 
-private:
+  private:
     ErrorCategory category_;
 };
 

@@ -12,8 +12,8 @@ namespace keel {
 // NumPy .npy files (format versions 1.0, 2.0 and 3.0).
 // Reading accepts little- and big-endian float16/float32/float64 and signed/unsigned integers of
 // 1-8 bytes and bool, in C or Fortran order. float16 arrives as DType::f16, float32 as f32,
-// float64 and every integer type as f64 (integers beyond 2^53 lose precision). Fortran-order data is
-// transposed into keel's row-major layout. A truncated file, a malformed header, an unsupported
+// float64 and every integer type as f64 (integers beyond 2^53 lose precision). Fortran-order data
+// is transposed into keel's row-major layout. A truncated file, a malformed header, an unsupported
 // dtype, an element count that overflows or does not match the payload is a keel::Error naming the
 // file and what is wrong; nothing is allocated beyond the file's own size.
 Tensor read_npy(const std::filesystem::path& path);

@@ -28,7 +28,7 @@ std::int64_t element_count(const Shape& shape, std::string_view where = "Tensor"
 // Tensor object: copying a Tensor is cheap and aliases; clone() copies the data) or is a
 // non-owning view of caller memory, which must outlive every Tensor that views it.
 class Tensor {
-public:
+  public:
     static constexpr std::size_t kAlignment = 64;
 
     // An empty f32 tensor of shape [0].
@@ -78,7 +78,7 @@ public:
     // Same storage, new shape with the same element count. Throws otherwise.
     Tensor reshaped(Shape shape) const;
 
-private:
+  private:
     Tensor(Shape shape, DType dtype, std::shared_ptr<std::byte[]> storage, void* data);
 
     Shape shape_;

@@ -28,7 +28,7 @@ struct CallOptions {
 // A Layer is not safe to call() from several threads at once: a training call updates variables.
 // The graph runtime gives concurrent runs their own snapshots instead.
 class Layer {
-public:
+  public:
     virtual ~Layer();
     Layer(const Layer&) = delete;
     Layer& operator=(const Layer&) = delete;
@@ -63,7 +63,7 @@ public:
     // Projects every constrained variable, as an optimizer does after an update.
     void apply_constraints();
 
-protected:
+  protected:
     Layer(std::string name, bool trainable);
 
     // Keras add_weight: creates an f32 variable. A null initializer means glorot_uniform.
@@ -78,7 +78,7 @@ protected:
 
     virtual void build_variables(const Shape& input_shape) = 0;
 
-private:
+  private:
     struct Variable;
     Variable& find(std::string_view name) const;
 

@@ -12,7 +12,7 @@ namespace keel::keras {
 
 // A Keras weight constraint: a projection an optimizer applies after each update of the weights.
 class Constraint {
-public:
+  public:
     virtual ~Constraint() = default;
     virtual std::string class_name() const = 0;
     virtual nlohmann::json get_config() const = 0;
@@ -25,8 +25,7 @@ public:
 // min_max_norm/MinMaxNorm, radial_constraint/RadialConstraint, or {"class_name", "config"}.
 // JSON null → nullptr. Anything else is a keel::Error naming `where` and `argument`.
 std::shared_ptr<const Constraint> get_constraint(const nlohmann::json& identifier,
-                                                 std::string_view where,
-                                                 std::string_view argument);
+                                                 std::string_view where, std::string_view argument);
 
 nlohmann::json serialize(const Constraint& constraint);
 

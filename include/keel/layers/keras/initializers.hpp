@@ -16,7 +16,7 @@ namespace keel::keras {
 // Values are not TensorFlow's bit-for-bit (TF's Philox streams are not reproduced), but follow the
 // same distributions, bounds and fan computations.
 class Initializer {
-public:
+  public:
     virtual ~Initializer() = default;
     // The canonical Keras class name, e.g. "Zeros", "GlorotUniform".
     virtual std::string class_name() const = 0;

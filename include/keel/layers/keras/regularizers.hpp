@@ -12,7 +12,7 @@ namespace keel::keras {
 
 // A Keras weight regularizer: a penalty added to the training loss.
 class Regularizer {
-public:
+  public:
     virtual ~Regularizer() = default;
     virtual std::string class_name() const = 0;
     virtual nlohmann::json get_config() const = 0;

@@ -68,17 +68,17 @@ struct BatchNormalizationOptions {
 
 // What the last call did, for conformance reports, logs and tests.
 struct BatchNormalizationCallReport {
-    bool training = false;               // the effective mode (after `trainable`)
-    bool fused_semantics = false;        // TF's fused path applies (Bessel, epsilon clamp)
-    std::string path;                    // "onednn" or "custom"
-    std::string implementation;          // oneDNN's impl_info_str() or keel's kernel name
+    bool training = false;         // the effective mode (after `trainable`)
+    bool fused_semantics = false;  // TF's fused path applies (Bessel, epsilon clamp)
+    std::string path;              // "onednn" or "custom"
+    std::string implementation;    // oneDNN's impl_info_str() or keel's kernel name
 };
 
 // tf.keras.layers.BatchNormalization with TensorFlow's exact semantics (docs in README and
 // ../shared/spec). Outputs are in the compute dtype; statistics and the affine transform are
 // computed in f32 or wider and rounded once.
 class BatchNormalization final : public Layer {
-public:
+  public:
     explicit BatchNormalization(BatchNormalizationOptions options = {},
                                 Engine engine = default_engine());
     ~BatchNormalization() override;
@@ -106,7 +106,7 @@ public:
     const Tensor& last_renorm_r() const noexcept;
     const Tensor& last_renorm_d() const noexcept;
 
-private:
+  private:
     void build_variables(const Shape& input_shape) override;
 
     struct Impl;

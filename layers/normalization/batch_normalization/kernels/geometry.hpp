@@ -21,8 +21,8 @@
 namespace keel::batch_normalization {
 
 struct ReductionGeometry {
-    std::vector<std::int64_t> dims;  // merged dimensions, outermost first, none of size 1
-    std::vector<bool> kept;          // kept[i]: dims[i] indexes statistics; else it is reduced
+    std::vector<std::int64_t> dims;    // merged dimensions, outermost first, none of size 1
+    std::vector<bool> kept;            // kept[i]: dims[i] indexes statistics; else it is reduced
     std::int64_t statistic_count = 1;  // product of the kept dims (1 if none)
     std::int64_t reduction_count = 1;  // product of the reduced dims: n, elements per statistic
     std::int64_t element_count = 0;    // product of all dims
