@@ -1,6 +1,7 @@
 #include <keel/engine/dtype.hpp>
 
 #include <bit>
+#include <cmath>
 #include <string>
 
 #include <keel/engine/error.hpp>
@@ -118,12 +119,31 @@ inline float from_f16(std::uint16_t half) {
     return std::bit_cast<float>(magnitude | sign);
 }
 
+// Narrows a double to float rounding toward zero and setting the lowest bit if anything was
+// dropped ("round to odd"). Rounding that float again to a 16-bit format to nearest even then gives
+// the same result as rounding the double directly, because f32 keeps more than two bits beyond
+// either 16-bit format; plain double -> float -> 16-bit would round twice.
+inline float narrow_round_to_odd(double value) {
+    const float nearest = static_cast<float>(value);
+    if (std::isnan(value) || static_cast<double>(nearest) == value) return nearest;
+    auto bits = std::bit_cast<std::uint32_t>(nearest);
+    if (std::abs(static_cast<double>(nearest)) > std::abs(value)) --bits;  // back toward zero
+    return std::bit_cast<float>(bits | 1u);
+}
+
 }  // namespace
 
 std::uint16_t float_to_bf16_bits(float value) noexcept { return to_bf16(value); }
 float bf16_bits_to_float(std::uint16_t bits) noexcept { return from_bf16(bits); }
 std::uint16_t float_to_f16_bits(float value) noexcept { return to_f16(value); }
 float f16_bits_to_float(std::uint16_t bits) noexcept { return from_f16(bits); }
+
+std::uint16_t double_to_bf16_bits(double value) noexcept {
+    return to_bf16(narrow_round_to_odd(value));
+}
+std::uint16_t double_to_f16_bits(double value) noexcept {
+    return to_f16(narrow_round_to_odd(value));
+}
 
 void convert_f32_to_bf16(const float* source, std::uint16_t* destination,
                          std::size_t count) noexcept {

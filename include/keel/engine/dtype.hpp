@@ -26,6 +26,10 @@ float bf16_bits_to_float(std::uint16_t bits) noexcept;
 std::uint16_t float_to_f16_bits(float value) noexcept;
 float f16_bits_to_float(std::uint16_t bits) noexcept;
 
+// A double rounded once, to nearest even, to a 16-bit format (not twice through the nearest f32).
+std::uint16_t double_to_bf16_bits(double value) noexcept;
+std::uint16_t double_to_f16_bits(double value) noexcept;
+
 // Bulk conversions between f32 and a 16-bit format (used by tensor conversion and kernels).
 void convert_f32_to_bf16(const float* source, std::uint16_t* destination,
                          std::size_t count) noexcept;

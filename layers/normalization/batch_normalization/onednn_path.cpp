@@ -34,7 +34,6 @@ constexpr std::string_view kWhere = "BatchNormalization (oneDNN path)";
 struct Descriptor {
     memory::dims dims;  // logical {N, C, H, W} of the nhwc view
     memory::data_type data_type = memory::data_type::f32;
-    prop_kind kind = prop_kind::forward_inference;
     normalization_flags flags = normalization_flags::none;
     float epsilon = 0.0f;
 };
@@ -69,10 +68,6 @@ memory::dims nhwc_view(std::int64_t outer, std::int64_t channels) {
     }
     const std::int64_t spatial = long_spatial != 0 ? long_spatial : short_spatial;
     return {outer / spatial, channels, 1, spatial};
-}
-
-std::string_view kind_name(prop_kind kind) {
-    return kind == prop_kind::forward_training ? "forward_training" : "forward_inference";
 }
 
 std::string_view data_type_name(memory::data_type data_type) {
@@ -111,13 +106,8 @@ std::string epsilon_bits(float epsilon) {
     return "0x" + std::string(digits.data(), result.ptr);
 }
 
-prop_kind kind_for(const OneDnnRequest& request) {
-    return request.training ? prop_kind::forward_training : prop_kind::forward_inference;
-}
-
 normalization_flags flags_for(const OneDnnRequest& request) {
-    normalization_flags flags = normalization_flags::none;
-    if (!request.training) flags |= normalization_flags::use_global_stats;
+    normalization_flags flags = normalization_flags::use_global_stats;
     if (request.use_scale) flags |= normalization_flags::use_scale;
     if (request.use_shift) flags |= normalization_flags::use_shift;
     return flags;
@@ -127,7 +117,6 @@ Descriptor describe(const OneDnnRequest& request) {
     Descriptor descriptor;
     descriptor.dims = nhwc_view(request.outer, request.channels);
     descriptor.data_type = onednn_data_type(request.dtype);
-    descriptor.kind = kind_for(request);
     descriptor.flags = flags_for(request);
     descriptor.epsilon = request.epsilon;
     return descriptor;
@@ -138,8 +127,7 @@ std::string cache_key(const Descriptor& descriptor) {
     key += dims_text(descriptor.dims);
     key += ";data_type=";
     key += data_type_name(descriptor.data_type);
-    key += ";prop_kind=";
-    key += kind_name(descriptor.kind);
+    key += ";prop_kind=forward_inference";
     key += ";flags=";
     key += flags_name(descriptor.flags);
     key += ";epsilon=";
@@ -154,8 +142,6 @@ std::string describe_case(const OneDnnRequest& request, const Descriptor& descri
     text += request.channels == 1 ? " channel" : " channels";
     text += " (nhwc view ";
     text += dims_text(descriptor.dims);
-    text += ", ";
-    text += kind_name(descriptor.kind);
     text += ")";
     return text;
 }
@@ -174,8 +160,8 @@ CachedPrimitive create_entry(const dnnl::engine& cpu, const Descriptor& descript
     CachedPrimitive entry;
     try {
         const memory::desc data(descriptor.dims, descriptor.data_type, memory::format_tag::nhwc);
-        const batch_normalization_forward::desc operation(descriptor.kind, data, descriptor.epsilon,
-                                                          descriptor.flags);
+        const batch_normalization_forward::desc operation(prop_kind::forward_inference, data,
+                                                          descriptor.epsilon, descriptor.flags);
         dnnl::primitive_attr attributes;
         attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);
         const batch_normalization_forward::primitive_desc primitive_desc(operation, attributes, cpu,
@@ -276,7 +262,7 @@ const dnnl_batch_normalization_desc_t& checked_operation(const CachedPrimitive& 
         data.ndims == 4 && data.dims[1] == request.channels &&
         data.dims[0] * data.dims[2] * data.dims[3] == request.outer &&
         data.data_type == static_cast<dnnl_data_type_t>(onednn_data_type(request.dtype)) &&
-        operation->prop_kind == static_cast<dnnl_prop_kind_t>(kind_for(request)) &&
+        operation->prop_kind == static_cast<dnnl_prop_kind_t>(prop_kind::forward_inference) &&
         operation->flags == static_cast<unsigned>(flags_for(request)) &&
         std::bit_cast<std::uint32_t>(operation->batch_norm_epsilon) ==
             std::bit_cast<std::uint32_t>(request.epsilon);
@@ -410,23 +396,6 @@ void run_onednn_inference(const Engine& engine, const CachedPrimitive& primitive
                           const OneDnnRequest& request, const Tensor& x, const float* mean,
                           const float* variance, const float* scale, const float* shift,
                           Tensor& y) {
-    if (request.training) {
-        throw internal_error(kWhere, "inference run with a training request");
-    }
-    check_run(primitive, request, x, scale, shift, y);
-    check_pointer("mean", mean);
-    check_pointer("variance", variance);
-    with_onednn_errors(kWhere, [&] {
-        execute(engine, primitive, request, x.data(), y.data(), mean, variance, scale, shift);
-    });
-}
-
-void run_onednn_training(const Engine& engine, const CachedPrimitive& primitive,
-                         const OneDnnRequest& request, const Tensor& x, const float* scale,
-                         const float* shift, Tensor& y, float* mean, float* variance) {
-    if (!request.training) {
-        throw internal_error(kWhere, "training run with an inference request");
-    }
     check_run(primitive, request, x, scale, shift, y);
     check_pointer("mean", mean);
     check_pointer("variance", variance);

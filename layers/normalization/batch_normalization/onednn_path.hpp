@@ -2,6 +2,12 @@
 
 // Internal: BatchNormalization on oneDNN 2.6's batch_normalization_forward (v2 descriptor API).
 //
+// oneDNN only ever normalizes with given statistics (forward_inference with use_global_stats),
+// in training as in inference: keel's moments kernel computes the statistics. oneDNN's own
+// training statistics hold the batch mean in f32 and then grow the variance by the mean's rounding
+// error squared, which breaks the numeric contract on data with a large mean and a small spread
+// (mean 1e4, spread 1e-2).
+//
 // Only channels-last data is offered to oneDNN, viewed as a 4-D nhwc tensor, and only when the
 // primitive descriptor reports one of oneDNN's JIT implementations (bnorm_jit / bnorm_tbb_jit):
 // oneDNN 2.6's other implementations (ncsp_bnorm, nspc_bnorm, bnorm_ref) are generic and several
@@ -22,7 +28,6 @@ struct OneDnnRequest {
     std::int64_t outer = 0;  // product of every dimension but the channel (innermost) one
     std::int64_t channels = 0;
     DType dtype = DType::f32;  // data dtype (f32 or bf16); statistics and scale/shift are f32
-    bool training = false;     // true: batch statistics (forward_training); false: global stats
     bool use_scale = false;
     bool use_shift = false;
     float epsilon = 0.0f;
@@ -43,10 +48,5 @@ OneDnnProbe probe_onednn(const Engine& engine, const OneDnnRequest& request);
 void run_onednn_inference(const Engine& engine, const CachedPrimitive& primitive,
                           const OneDnnRequest& request, const Tensor& x, const float* mean,
                           const float* variance, const float* scale, const float* shift, Tensor& y);
-
-// Training: normalizes with the batch statistics and writes them (mean, biased variance).
-void run_onednn_training(const Engine& engine, const CachedPrimitive& primitive,
-                         const OneDnnRequest& request, const Tensor& x, const float* scale,
-                         const float* shift, Tensor& y, float* mean, float* variance);
 
 }  // namespace keel::batch_normalization

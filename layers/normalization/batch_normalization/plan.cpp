@@ -65,21 +65,15 @@ KernelPlan plan_kernel(const Engine& engine, const PlanRequest& request, const s
         plan.onednn_request.channels = request.geometry.statistic_count;
         plan.onednn_request.outer = request.geometry.reduction_count;
         plan.onednn_request.dtype = request.dtype;
-        // oneDNN only ever normalizes with given statistics: its own training statistics hold the
-        // batch mean in f32 and then grow the variance by the mean's rounding error squared,
-        // which breaks the numeric contract on data with a large mean and a small spread.
-        // keel's moments kernel computes the statistics in both modes.
-        plan.onednn_request.training = false;
         plan.onednn_request.use_scale = request.use_scale;
         plan.onednn_request.use_shift = request.use_shift;
         plan.onednn_request.epsilon = request.epsilon;
         OneDnnProbe probe = probe_onednn(engine, plan.onednn_request);
         if (probe.primitive) {
             plan.path = KernelPath::onednn;
-            plan.implementation = request.training
-                                      ? moments_kernel_name(request.geometry, request.dtype) + "+" +
-                                            probe.primitive->implementation
-                                      : probe.primitive->implementation;
+            plan.implementation = request.training ? moments_kernel_name(request.geometry) + "+" +
+                                                         probe.primitive->implementation
+                                                   : probe.primitive->implementation;
             plan.primitive = std::move(probe.primitive);
             logger()->debug("{}: oneDNN {} for {}", where, plan.implementation,
                             request.geometry.to_string());
@@ -89,11 +83,10 @@ KernelPlan plan_kernel(const Engine& engine, const PlanRequest& request, const s
     }
     logger()->debug("{}: oneDNN refused: {}", where, refusal);
     plan.path = KernelPath::custom;
-    plan.implementation =
-        request.training
-            ? moments_kernel_name(request.geometry, request.dtype) + "+" +
-                  normalize_kernel_name(request.geometry, request.dtype, request.with_adjustment)
-            : normalize_kernel_name(request.geometry, request.dtype, false);
+    plan.implementation = request.training
+                              ? moments_kernel_name(request.geometry) + "+" +
+                                    normalize_kernel_name(request.geometry, request.with_adjustment)
+                              : normalize_kernel_name(request.geometry, false);
     return plan;
 }
 

@@ -1,9 +1,7 @@
 #include "layers/normalization/batch_normalization/reference.hpp"
 
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -44,32 +42,16 @@ std::int64_t broadcast_index(const Shape& shape, const Shape& operand, std::int6
     return index;
 }
 
-// f32 nearest to `value` with ties broken towards an odd significand ("round to odd"): rounding
-// that f32 once more to a 16-bit format gives the correctly rounded 16-bit value, because f32
-// keeps more than two extra bits. Plain double → f32 → 16-bit would round twice.
-float round_to_odd_f32(double value) {
-    float nearest = static_cast<float>(value);
-    if (std::isnan(value) || static_cast<double>(nearest) == value) return nearest;
-    if (std::fabs(static_cast<double>(nearest)) > std::fabs(value)) {
-        nearest = std::nextafter(nearest, 0.0F);  // truncate towards zero (also from infinity)
-    }
-    std::uint32_t bits;
-    std::memcpy(&bits, &nearest, sizeof(bits));
-    bits |= 1U;  // inexact: the sticky bit
-    std::memcpy(&nearest, &bits, sizeof(bits));
-    return nearest;
-}
-
 void store_rounded(Tensor& y, std::int64_t index, double value) {
     switch (y.dtype()) {
         case DType::f32:
             y.data_as<float>()[index] = static_cast<float>(value);
             return;
         case DType::bf16:
-            y.data_as<std::uint16_t>()[index] = float_to_bf16_bits(round_to_odd_f32(value));
+            y.data_as<std::uint16_t>()[index] = double_to_bf16_bits(value);
             return;
         case DType::f16:
-            y.data_as<std::uint16_t>()[index] = float_to_f16_bits(round_to_odd_f32(value));
+            y.data_as<std::uint16_t>()[index] = double_to_f16_bits(value);
             return;
         case DType::f64:
             y.data_as<double>()[index] = value;
@@ -77,21 +59,10 @@ void store_rounded(Tensor& y, std::int64_t index, double value) {
     }
 }
 
-void check_geometry(const Tensor& x, const ReductionGeometry& geometry) {
-    if (geometry.dims.size() != geometry.kept.size() ||
-        x.element_count() != geometry.element_count) {
-        throw shape_mismatch(kWhere, "x", shape_to_string(x.shape()),
-                             "a tensor of the geometry " + geometry.to_string());
-    }
-    if (x.dtype() == DType::f64) {
-        throw unsupported(kWhere, "x of dtype float64", "BatchNormalization data is 32 or 16 bit");
-    }
-}
-
 }  // namespace
 
 Moments reference_moments(const Tensor& x, const ReductionGeometry& geometry) {
-    check_geometry(x, geometry);
+    check_kernel_input(kWhere, x, geometry);
     if (geometry.reduction_count <= 0) {
         throw invalid_argument(kWhere, "reduction_count", std::to_string(geometry.reduction_count),
                                "at least one element per statistic");
@@ -119,7 +90,7 @@ Moments reference_moments(const Tensor& x, const ReductionGeometry& geometry) {
 void reference_normalize(const Tensor& x, const ReductionGeometry& geometry,
                          const NormalizeCoefficients& coefficients,
                          const ElementwiseAdjustment* adjustment, Tensor& y) {
-    check_geometry(x, geometry);
+    check_kernel_input(kWhere, x, geometry);
     if (y.shape() != x.shape()) {
         throw shape_mismatch(kWhere, "y", shape_to_string(y.shape()),
                              "x's shape " + shape_to_string(x.shape()));
@@ -133,18 +104,8 @@ void reference_normalize(const Tensor& x, const ReductionGeometry& geometry,
                              std::to_string(statistics) + " values each (one per statistic)");
     }
     if (adjustment != nullptr) {
-        for (const Tensor* operand : {&adjustment->scale, &adjustment->bias}) {
-            bool broadcastable = operand->rank() == x.rank();
-            for (int i = 0; broadcastable && i < x.rank(); ++i) {
-                const std::int64_t size = operand->shape()[static_cast<std::size_t>(i)];
-                broadcastable = size == 1 || size == x.dim(i);
-            }
-            if (!broadcastable) {
-                throw shape_mismatch(
-                    kWhere, "adjustment", shape_to_string(operand->shape()),
-                    "x's rank with each dimension 1 or equal to x's " + shape_to_string(x.shape()));
-            }
-        }
+        check_adjustment_broadcast(kWhere, "adjustment.scale", adjustment->scale, x.shape());
+        check_adjustment_broadcast(kWhere, "adjustment.bias", adjustment->bias, x.shape());
     }
 
     for (std::int64_t e = 0; e < x.element_count(); ++e) {

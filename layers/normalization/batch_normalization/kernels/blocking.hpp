@@ -40,6 +40,11 @@ inline constexpr std::int64_t kMinRunLength = 256;
 // Work below this many elements is not worth handing to another thread.
 inline constexpr std::int64_t kParallelGrainElements = 64 * 1024;
 
+// The matrix moments kernel cuts rows into more chunks (more parallelism) only while the partial
+// results they leave for the final merge (3 doubles each) stay below this many; past it the
+// partial results are one per statistic and per packed row (see moments_partial_results).
+inline constexpr std::int64_t kMaxPartialResults = std::int64_t{1} << 18;
+
 // --- moments ---------------------------------------------------------------------------------
 
 // `rows` rows of `width` contiguous elements each, consecutive rows `pitch` elements apart. Each

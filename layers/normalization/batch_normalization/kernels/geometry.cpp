@@ -91,4 +91,18 @@ bool ReductionGeometry::channels_first() const {
     return dims.size() == 3 && !kept[0] && kept[1] && !kept[2];
 }
 
+void check_kernel_input(std::string_view where, const Tensor& x,
+                        const ReductionGeometry& geometry) {
+    if (x.dtype() != DType::f32 && x.dtype() != DType::bf16 && x.dtype() != DType::f16) {
+        throw unsupported(where, "x of dtype " + std::string(dtype_name(x.dtype())),
+                          "the kernels read float32, bfloat16 or float16");
+    }
+    if (geometry.dims.size() != geometry.kept.size() ||
+        x.element_count() != geometry.element_count) {
+        throw shape_mismatch(where, "x", shape_to_string(x.shape()),
+                             "a tensor of the geometry " + geometry.to_string() + " (" +
+                                 std::to_string(geometry.element_count) + " elements)");
+    }
+}
+
 }  // namespace keel::batch_normalization

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <keel/engine/tensor.hpp>
@@ -38,5 +39,9 @@ struct ReductionGeometry {
 // `shape` is the tensor's shape; `kept_axes` the dimensions (non-negative, in range, unique) that
 // index the statistics. An element_count of 0 gives dims = {} and element_count 0.
 ReductionGeometry make_geometry(const Shape& shape, const std::vector<int>& kept_axes);
+
+// Throws keel::Error naming `where` unless `x` is what the kernels read: f32, bf16 or f16 data
+// with the geometry's element count.
+void check_kernel_input(std::string_view where, const Tensor& x, const ReductionGeometry& geometry);
 
 }  // namespace keel::batch_normalization

@@ -23,7 +23,7 @@
 #include <hwy/highway.h>
 
 #include <algorithm>
-#include <cctype>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <numeric>
@@ -34,6 +34,7 @@
 
 #include "engine/threading.hpp"
 #include "layers/normalization/batch_normalization/kernels/blocking.hpp"
+#include "layers/normalization/batch_normalization/kernels/common.hpp"
 #include "layers/normalization/batch_normalization/kernels/moments.hpp"
 #include "layers/normalization/batch_normalization/kernels/simd_io-inl.h"
 
@@ -45,18 +46,6 @@ namespace HWY_NAMESPACE {
 static_assert(hn::MaxLanes(FloatTag()) <= static_cast<std::size_t>(kMaxLanes));
 
 namespace {
-
-// Merges a block's (count_b, mean_b, m2_b) into a running (count, mean, m2). Exact copy into an
-// empty accumulator (count 0).
-HWY_INLINE void merge_moments(double& count, double& mean, double& m2, double count_b,
-                              double mean_b, double m2_b) {
-    const double total = count + count_b;
-    const double delta = mean_b - mean;
-    const double weight = count_b / total;
-    mean += delta * weight;
-    m2 += m2_b + delta * delta * count * weight;
-    count = total;
-}
 
 // The statistics of one block from its f32 sums: the shift m (the first pass' mean), Σ(x − m) and
 // Σ(x − m)². Σ(x − m)/n corrects the mean for the rounding of m, and Σ(x − m)² − (Σ(x − m))²/n is
@@ -397,28 +386,12 @@ void FoldColumns(const double* count, const double* mean, const double* m2, std:
 }
 
 void AccumulateMatrixRows(DType dtype, const MatrixRows& job) {
-    switch (dtype) {
-        case DType::bf16:
-            return accumulate_matrix_rows<Bf16Format>(job);
-        case DType::f16:
-            return accumulate_matrix_rows<F16Format>(job);
-        default:
-            return accumulate_matrix_rows<F32Format>(job);
-    }
+    visit_format(dtype, [&](auto format) { accumulate_matrix_rows<decltype(format)>(job); });
 }
 
 void AccumulateRun(DType dtype, const Run& job) {
-    switch (dtype) {
-        case DType::bf16:
-            return accumulate_run<Bf16Format>(job);
-        case DType::f16:
-            return accumulate_run<F16Format>(job);
-        default:
-            return accumulate_run<F32Format>(job);
-    }
+    visit_format(dtype, [&](auto format) { accumulate_run<decltype(format)>(job); });
 }
-
-const char* MomentsTargetName() { return hwy::TargetName(HWY_TARGET); }
 
 }  // namespace HWY_NAMESPACE
 }  // namespace keel::batch_normalization
@@ -428,41 +401,17 @@ HWY_AFTER_NAMESPACE();
 
 namespace keel::batch_normalization {
 
+// Every call goes through HWY_DYNAMIC_DISPATCH: a function pointer saved before the process's first
+// dispatch is Highway's target-choosing stub, which re-detects the CPU on each call through it
+// (that made the first compute_moments of a [1, 16384, 15, 15] tensor 50x slower).
 HWY_EXPORT(AccumulateMatrixRows);
 HWY_EXPORT(AccumulateRun);
 HWY_EXPORT(FoldColumns);
-HWY_EXPORT(MomentsTargetName);
+HWY_EXPORT(KernelTargetName);
 
 namespace {
 
 constexpr std::string_view kWhere = "BatchNormalization moments";
-
-// Upper bound on partial-result columns kept for the final merge (3 doubles each).
-constexpr std::int64_t kMaxPartialColumns = std::int64_t{1} << 18;
-
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
-
-void merge_into(double& count, double& mean, double& m2, double count_b, double mean_b,
-                double m2_b) {
-    if (count_b == 0.0) return;
-    const double total = count + count_b;
-    const double delta = mean_b - mean;
-    const double weight = count_b / total;
-    mean += delta * weight;
-    m2 += m2_b + delta * delta * count * weight;
-    count = total;
-}
-
-float element_as_f32(const void* data, DType dtype, std::int64_t index) {
-    switch (dtype) {
-        case DType::bf16:
-            return bf16_bits_to_float(static_cast<const std::uint16_t*>(data)[index]);
-        case DType::f16:
-            return f16_bits_to_float(static_cast<const std::uint16_t*>(data)[index]);
-        default:
-            return static_cast<const float*>(data)[index];
-    }
-}
 
 // The outer dimensions of a geometry: which core block (g, q) starts where. g indexes the kept
 // prefix dimensions (row-major), q the reduced ones; a block's offset is the sum of a part from
@@ -585,6 +534,104 @@ std::int64_t item_grain(std::int64_t element_count, std::int64_t items) {
     return std::max<std::int64_t>(1, kParallelGrainElements / per_item);
 }
 
+// How the matrix kernel cuts a decomposition into items (group, row chunk, column tile).
+//
+// A statistic's columns (column_divisor of them, a short run laid across columns) never straddle
+// two tiles, so an item folds its columns into one partial result per statistic as soon as it has
+// reduced them: the partial results kept for the final merge scale with the statistics, not with
+// the columns (a [1, 16384, 15, 15] NCHW tensor is one row of 3.7 million columns, but only 16384
+// statistics).
+struct MatrixSchedule {
+    // Narrow rows are packed `pack` at a time into rows whose width is a multiple of every
+    // target's vector, so that no lane is wasted (e.g. 3 channels: 16 rows of 48 columns).
+    std::int64_t pack = 1;
+    std::int64_t packed_width = 1;
+    std::vector<std::int64_t> tile_begin;  // column tiles, then packed_width
+    std::int64_t group_rows = 1;           // packed or not, rows of one group
+    std::int64_t chunk_rows = 1;
+    std::int64_t chunks = 1;
+    std::int64_t partials_per_chunk = 1;  // pack · local statistics
+
+    std::int64_t tiles() const { return static_cast<std::int64_t>(tile_begin.size()) - 1; }
+    std::int64_t partial_count(const Prefix& prefix) const {
+        return prefix.groups * chunks * partials_per_chunk;
+    }
+};
+
+// A short run is laid across at most one tile's columns.
+static_assert(kMinRunLength <= kMaxTileWidth);
+
+MatrixSchedule schedule_matrix(const Decomposition& d) {
+    MatrixSchedule schedule;
+    const std::int64_t width = d.width;
+    std::int64_t pack = kMaxLanes / std::gcd(width, kMaxLanes);
+    if (pack > 1 && width * pack > kMaxPackedWidth) pack = 1;
+    schedule.pack = pack;
+    schedule.packed_width = width * pack;
+    schedule.partials_per_chunk = pack * d.local_statistics;
+
+    // Tiles of a whole number of statistics; a short remainder joins the previous tile so every
+    // tile spans a vector (the remainder being under kMinTileWidth, the joined tile stays within
+    // the kernel's kMaxTileWidth + kMinTileWidth columns).
+    const std::int64_t tile_step = kMaxTileWidth / d.column_divisor * d.column_divisor;
+    for (std::int64_t c = 0; c < schedule.packed_width; c += tile_step) {
+        if (c > 0 && schedule.packed_width - c < kMinTileWidth) break;
+        schedule.tile_begin.push_back(c);
+    }
+    schedule.tile_begin.push_back(schedule.packed_width);
+
+    // Row chunks of one group: about kParallelGrainElements per item, a multiple of `pack` rows,
+    // and few enough that the partial results stay small.
+    schedule.group_rows = d.prefix.repeats * d.rows_per_repeat;
+    const std::int64_t tile_width = std::min(schedule.packed_width, tile_step);
+    schedule.chunk_rows = ceil_div(ceil_div(kParallelGrainElements, tile_width), pack) * pack;
+    schedule.chunks = ceil_div(schedule.group_rows, schedule.chunk_rows);
+    const std::int64_t max_chunks = std::max<std::int64_t>(
+        1, kMaxPartialResults / (d.prefix.groups * schedule.partials_per_chunk));
+    if (schedule.chunks > max_chunks) {
+        schedule.chunk_rows = ceil_div(ceil_div(schedule.group_rows, max_chunks), pack) * pack;
+        schedule.chunks = ceil_div(schedule.group_rows, schedule.chunk_rows);
+    }
+    return schedule;
+}
+
+// How the run kernel cuts a decomposition into items. Units are (statistic, repeat, piece),
+// statistic-major; runs much longer than an item are cut into pieces so that a few long runs
+// (e.g. one statistic) still spread over the threads. Each item keeps one partial result per
+// statistic it touches, item i's from partial_begin[i].
+struct RunSchedule {
+    std::int64_t pieces_per_run = 1;
+    std::int64_t units_per_statistic = 1;
+    std::int64_t units = 0;
+    std::int64_t units_per_item = 1;
+    std::int64_t items = 0;
+    std::vector<std::int64_t> partial_begin;  // items + 1 entries
+
+    std::int64_t partial_count() const { return partial_begin.back(); }
+};
+
+RunSchedule schedule_runs(const Decomposition& d) {
+    RunSchedule schedule;
+    const std::int64_t run_length = d.run_length;
+    schedule.pieces_per_run =
+        run_length >= 2 * kParallelGrainElements ? run_length / kParallelGrainElements : 1;
+    schedule.units_per_statistic = d.prefix.repeats * schedule.pieces_per_run;
+    schedule.units = d.prefix.groups * d.local_statistics * schedule.units_per_statistic;
+    const std::int64_t unit_elements = run_length / schedule.pieces_per_run;
+    schedule.units_per_item = std::max<std::int64_t>(1, kParallelGrainElements / unit_elements);
+    schedule.items = ceil_div(schedule.units, schedule.units_per_item);
+
+    schedule.partial_begin.assign(static_cast<std::size_t>(schedule.items) + 1, 0);
+    for (std::int64_t item = 0; item < schedule.items; ++item) {
+        const std::int64_t first = item * schedule.units_per_item;
+        const std::int64_t last = std::min(schedule.units, first + schedule.units_per_item) - 1;
+        schedule.partial_begin[static_cast<std::size_t>(item) + 1] =
+            schedule.partial_begin[static_cast<std::size_t>(item)] +
+            last / schedule.units_per_statistic - first / schedule.units_per_statistic + 1;
+    }
+    return schedule;
+}
+
 void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& d,
                     Accumulators& statistics) {
     const DType dtype = x.dtype();
@@ -592,51 +639,31 @@ void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& 
     const auto* data = static_cast<const std::byte*>(x.data());
     const Prefix& prefix = d.prefix;
     const std::int64_t width = d.width;
+    const std::int64_t column_divisor = d.column_divisor;
+    const MatrixSchedule schedule = schedule_matrix(d);
+    const std::int64_t pack = schedule.pack;
+    const std::int64_t packed_width = schedule.packed_width;
+    const std::int64_t tiles = schedule.tiles();
+    const std::int64_t chunks = schedule.chunks;
+    const std::int64_t chunk_rows = schedule.chunk_rows;
+    const std::int64_t group_rows = schedule.group_rows;
 
-    // Narrow rows are packed `pack` at a time into rows whose width is a multiple of every
-    // target's vector, so that no lane is wasted (e.g. 3 channels: 16 rows of 48 columns).
-    std::int64_t pack = kMaxLanes / std::gcd(width, kMaxLanes);
-    if (pack > 1 && width * pack > kMaxPackedWidth) pack = 1;
-    const std::int64_t packed_width = width * pack;
-
-    // Column tiles; a short remainder joins the previous tile so every tile spans a vector.
-    std::vector<std::int64_t> tile_begin;
-    for (std::int64_t c = 0; c < packed_width; c += kMaxTileWidth) {
-        if (c > 0 && packed_width - c < kMinTileWidth) break;
-        tile_begin.push_back(c);
-    }
-    tile_begin.push_back(packed_width);
-    const std::int64_t tiles = static_cast<std::int64_t>(tile_begin.size()) - 1;
-
-    // Row chunks of one group: about kParallelGrainElements per item, a multiple of `pack` rows,
-    // and few enough that the partial results stay small.
-    const std::int64_t group_rows = prefix.repeats * d.rows_per_repeat;
-    const std::int64_t tile_width = std::min(packed_width, kMaxTileWidth);
-    std::int64_t chunk_rows = ceil_div(ceil_div(kParallelGrainElements, tile_width), pack) * pack;
-    std::int64_t chunks = ceil_div(group_rows, chunk_rows);
-    const std::int64_t max_chunks =
-        std::max<std::int64_t>(1, kMaxPartialColumns / (prefix.groups * packed_width));
-    if (chunks > max_chunks) {
-        chunks = max_chunks;
-        chunk_rows = ceil_div(ceil_div(group_rows, chunks), pack) * pack;
-        chunks = ceil_div(group_rows, chunk_rows);
-    }
-
-    Accumulators partial(static_cast<std::size_t>(prefix.groups * chunks * packed_width));
+    // Partial result (group, chunk, k) holds the k-th statistic of a packed row: packed columns
+    // [k·column_divisor, (k + 1)·column_divisor), i.e. local statistic k mod local_statistics.
+    Accumulators partial(static_cast<std::size_t>(schedule.partial_count(prefix)));
     const std::int64_t items = prefix.groups * chunks * tiles;
-    const auto accumulate = HWY_DYNAMIC_DISPATCH(AccumulateMatrixRows);
 
     auto run_item = [&](std::int64_t item) {
         const std::int64_t tile = item % tiles;
         const std::int64_t chunk = item / tiles % chunks;
         const std::int64_t group = item / tiles / chunks;
-        const std::int64_t column_begin = tile_begin[static_cast<std::size_t>(tile)];
-        const std::int64_t column_end = tile_begin[static_cast<std::size_t>(tile) + 1];
-        const std::size_t base =
-            static_cast<std::size_t>((group * chunks + chunk) * packed_width + column_begin);
-        double* count = partial.count.data() + base;
-        double* mean = partial.mean.data() + base;
-        double* m2 = partial.m2.data() + base;
+        const std::int64_t column_begin = schedule.tile_begin[static_cast<std::size_t>(tile)];
+        const std::int64_t column_end = schedule.tile_begin[static_cast<std::size_t>(tile) + 1];
+        const std::int64_t columns = column_end - column_begin;
+        // The tile's per-column accumulators, over all of the chunk's rows.
+        std::array<double, kMaxTileWidth + kMinTileWidth> count{};
+        std::array<double, kMaxTileWidth + kMinTileWidth> mean{};
+        std::array<double, kMaxTileWidth + kMinTileWidth> m2{};
 
         const std::int64_t row_end = std::min(group_rows, (chunk + 1) * chunk_rows);
         for (std::int64_t row = chunk * chunk_rows; row < row_end;) {
@@ -648,19 +675,34 @@ void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& 
                                        (row - repeat * d.rows_per_repeat) * width;
             const std::int64_t packed_rows = piece_rows / pack;
             if (packed_rows > 0) {
-                accumulate(dtype,
-                           MatrixRows{data + (first + column_begin) * element_size, packed_rows,
-                                      packed_width, column_end - column_begin, count, mean, m2});
+                HWY_DYNAMIC_DISPATCH(AccumulateMatrixRows)
+                (dtype, MatrixRows{data + (first + column_begin) * element_size, packed_rows,
+                                   packed_width, columns, count.data(), mean.data(), m2.data()});
             }
             // Rows that do not fill a packed row: the first `leftover` columns of one more.
             const std::int64_t leftover = (piece_rows % pack) * width;
             const std::int64_t leftover_first = first + packed_rows * packed_width;
             for (std::int64_t c = column_begin; c < std::min(column_end, leftover); ++c) {
-                const double value = element_as_f32(data, dtype, leftover_first + c);
                 const std::size_t i = static_cast<std::size_t>(c - column_begin);
-                merge_into(count[i], mean[i], m2[i], 1.0, value, 0.0);
+                merge_moments(count[i], mean[i], m2[i], 1.0, x.get(leftover_first + c), 0.0);
             }
             row = piece_end;
+        }
+
+        const std::int64_t chunk_base = (group * chunks + chunk) * schedule.partials_per_chunk;
+        for (std::int64_t c = 0; c < columns; c += column_divisor) {
+            const std::size_t target =
+                static_cast<std::size_t>(chunk_base + (column_begin + c) / column_divisor);
+            const std::size_t i = static_cast<std::size_t>(c);
+            if (column_divisor == 1) {
+                partial.count[target] = count[i];
+                partial.mean[target] = mean[i];
+                partial.m2[target] = m2[i];
+            } else {
+                HWY_DYNAMIC_DISPATCH(FoldColumns)
+                (&count[i], &mean[i], &m2[i], column_divisor, &partial.count[target],
+                 &partial.mean[target], &partial.m2[target]);
+            }
         }
     };
     parallel_for(engine, items, item_grain(x.element_count(), items),
@@ -668,37 +710,28 @@ void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& 
                      for (std::int64_t item = begin; item < end; ++item) run_item(item);
                  });
 
-    // Fold columns into statistics, chunk by chunk, always in the same order. A statistic's
-    // columns come in contiguous groups of column_divisor (a short run laid across columns).
-    const auto fold = HWY_DYNAMIC_DISPATCH(FoldColumns);
+    // Merge the partial results into the statistics, always in the same order.
     const std::int64_t statistic_count = prefix.groups * d.local_statistics;
-    const std::int64_t columns_per_statistic = pack * d.column_divisor;
-    parallel_for(
-        engine, statistic_count,
-        std::max<std::int64_t>(1, kParallelGrainElements / (chunks * columns_per_statistic)),
-        [&](std::int64_t begin, std::int64_t end) {
-            for (std::int64_t s = begin; s < end; ++s) {
-                const std::int64_t group = s / d.local_statistics;
-                const std::int64_t local = s % d.local_statistics;
-                const std::size_t target = static_cast<std::size_t>(s);
-                for (std::int64_t chunk = 0; chunk < chunks; ++chunk) {
-                    const std::int64_t row_base = (group * chunks + chunk) * packed_width;
-                    for (std::int64_t p = 0; p < pack; ++p) {
-                        const std::size_t i = static_cast<std::size_t>(row_base + p * width +
-                                                                       local * d.column_divisor);
-                        if (d.column_divisor == 1) {
-                            merge_into(statistics.count[target], statistics.mean[target],
-                                       statistics.m2[target], partial.count[i], partial.mean[i],
-                                       partial.m2[i]);
-                        } else {
-                            fold(&partial.count[i], &partial.mean[i], &partial.m2[i],
-                                 d.column_divisor, &statistics.count[target],
-                                 &statistics.mean[target], &statistics.m2[target]);
-                        }
-                    }
-                }
-            }
-        });
+    parallel_for(engine, statistic_count,
+                 std::max<std::int64_t>(1, kParallelGrainElements / (chunks * pack)),
+                 [&](std::int64_t begin, std::int64_t end) {
+                     for (std::int64_t s = begin; s < end; ++s) {
+                         const std::int64_t group = s / d.local_statistics;
+                         const std::int64_t local = s % d.local_statistics;
+                         const std::size_t target = static_cast<std::size_t>(s);
+                         for (std::int64_t chunk = 0; chunk < chunks; ++chunk) {
+                             const std::int64_t chunk_base =
+                                 (group * chunks + chunk) * schedule.partials_per_chunk;
+                             for (std::int64_t p = 0; p < pack; ++p) {
+                                 const std::size_t i = static_cast<std::size_t>(
+                                     chunk_base + p * d.local_statistics + local);
+                                 merge_moments(statistics.count[target], statistics.mean[target],
+                                               statistics.m2[target], partial.count[i],
+                                               partial.mean[i], partial.m2[i]);
+                             }
+                         }
+                     }
+                 });
 }
 
 void run_moments(const Engine& engine, const Tensor& x, const Decomposition& d,
@@ -708,37 +741,21 @@ void run_moments(const Engine& engine, const Tensor& x, const Decomposition& d,
     const auto* data = static_cast<const std::byte*>(x.data());
     const Prefix& prefix = d.prefix;
     const std::int64_t run_length = d.run_length;
+    const RunSchedule schedule = schedule_runs(d);
+    const std::int64_t pieces_per_run = schedule.pieces_per_run;
+    const std::int64_t units_per_statistic = schedule.units_per_statistic;
+    const std::int64_t units_per_item = schedule.units_per_item;
+    const std::int64_t items = schedule.items;
+    const std::vector<std::int64_t>& partial_begin = schedule.partial_begin;
 
-    // Units: (statistic, repeat, piece), statistic-major. Runs much longer than an item are cut
-    // into pieces so that a few long runs (e.g. one statistic) still spread over the threads.
-    const std::int64_t pieces_per_run =
-        run_length >= 2 * kParallelGrainElements ? run_length / kParallelGrainElements : 1;
-    const std::int64_t units_per_statistic = prefix.repeats * pieces_per_run;
-    const std::int64_t statistic_count = prefix.groups * d.local_statistics;
-    const std::int64_t units = statistic_count * units_per_statistic;
-    const std::int64_t unit_elements = run_length / pieces_per_run;
-    const std::int64_t units_per_item =
-        std::max<std::int64_t>(1, kParallelGrainElements / unit_elements);
-    const std::int64_t items = ceil_div(units, units_per_item);
-
-    // Each item keeps one partial per statistic it touches.
-    std::vector<std::int64_t> partial_begin(static_cast<std::size_t>(items) + 1, 0);
-    for (std::int64_t item = 0; item < items; ++item) {
-        const std::int64_t first = item * units_per_item;
-        const std::int64_t last = std::min(units, first + units_per_item) - 1;
-        partial_begin[static_cast<std::size_t>(item) + 1] =
-            partial_begin[static_cast<std::size_t>(item)] + last / units_per_statistic -
-            first / units_per_statistic + 1;
-    }
-    Accumulators partial(static_cast<std::size_t>(partial_begin[static_cast<std::size_t>(items)]));
-    const auto accumulate = HWY_DYNAMIC_DISPATCH(AccumulateRun);
+    Accumulators partial(static_cast<std::size_t>(schedule.partial_count()));
 
     parallel_for(
         engine, items, item_grain(x.element_count(), items),
         [&](std::int64_t begin, std::int64_t end) {
             for (std::int64_t item = begin; item < end; ++item) {
                 const std::int64_t first = item * units_per_item;
-                const std::int64_t last = std::min(units, first + units_per_item);
+                const std::int64_t last = std::min(schedule.units, first + units_per_item);
                 const std::int64_t first_statistic = first / units_per_statistic;
                 // Decode the first unit once, then step (piece, repeat, statistic) by additions.
                 std::int64_t s = first_statistic;
@@ -758,8 +775,9 @@ void run_moments(const Engine& engine, const Tensor& x, const Decomposition& d,
                     const std::int64_t offset = statistic_offset + repeat.offset() + piece_begin;
                     const std::size_t i = static_cast<std::size_t>(
                         partial_begin[static_cast<std::size_t>(item)] + s - first_statistic);
-                    accumulate(dtype, Run{data + offset * element_size, piece_end - piece_begin,
-                                          &partial.count[i], &partial.mean[i], &partial.m2[i]});
+                    HWY_DYNAMIC_DISPATCH(AccumulateRun)
+                    (dtype, Run{data + offset * element_size, piece_end - piece_begin,
+                                &partial.count[i], &partial.mean[i], &partial.m2[i]});
                     if (++piece == pieces_per_run) {
                         piece = 0;
                         repeat.next();
@@ -781,39 +799,18 @@ void run_moments(const Engine& engine, const Tensor& x, const Decomposition& d,
             const std::size_t s = static_cast<std::size_t>(
                 first_statistic + i - partial_begin[static_cast<std::size_t>(item)]);
             const std::size_t p = static_cast<std::size_t>(i);
-            merge_into(statistics.count[s], statistics.mean[s], statistics.m2[s], partial.count[p],
-                       partial.mean[p], partial.m2[p]);
+            merge_moments(statistics.count[s], statistics.mean[s], statistics.m2[s],
+                          partial.count[p], partial.mean[p], partial.m2[p]);
         }
     }
 }
 
 void check_arguments(const Tensor& x, const ReductionGeometry& geometry) {
-    if (x.dtype() != DType::f32 && x.dtype() != DType::bf16 && x.dtype() != DType::f16) {
-        throw unsupported(kWhere, std::string("x of dtype ") + std::string(dtype_name(x.dtype())),
-                          "the kernels read float32, bfloat16 or float16");
-    }
-    if (geometry.dims.size() != geometry.kept.size() ||
-        x.element_count() != geometry.element_count) {
-        throw shape_mismatch(kWhere, "x", shape_to_string(x.shape()),
-                             "a tensor of the geometry " + geometry.to_string() + " (" +
-                                 std::to_string(geometry.element_count) + " elements)");
-    }
+    check_kernel_input(kWhere, x, geometry);
     if (geometry.reduction_count <= 0) {
         throw invalid_argument(kWhere, "reduction_count", std::to_string(geometry.reduction_count),
                                "at least one element per statistic");
     }
-}
-
-std::string layout_name(const ReductionGeometry& geometry) {
-    if (geometry.channels_last()) return "channels_last";
-    if (geometry.channels_first()) return "channels_first";
-    return "general";
-}
-
-std::string dispatched_target_name() {
-    std::string name = HWY_DYNAMIC_DISPATCH(MomentsTargetName)();
-    for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return name;
 }
 
 }  // namespace
@@ -839,9 +836,14 @@ Moments compute_moments(const Engine& engine, const Tensor& x, const ReductionGe
     return moments;
 }
 
-std::string moments_kernel_name(const ReductionGeometry& geometry, DType dtype) {
-    (void)dtype;  // one kernel per layout serves every input dtype
-    return "keel:moments_" + layout_name(geometry) + ":" + dispatched_target_name();
+std::int64_t moments_partial_results(const ReductionGeometry& geometry) {
+    if (geometry.element_count == 0) return 0;
+    const Decomposition d = decompose(geometry);
+    return d.runs ? schedule_runs(d).partial_count() : schedule_matrix(d).partial_count(d.prefix);
+}
+
+std::string moments_kernel_name(const ReductionGeometry& geometry) {
+    return kernel_name("moments", geometry, "", HWY_DYNAMIC_DISPATCH(KernelTargetName)());
 }
 
 }  // namespace keel::batch_normalization

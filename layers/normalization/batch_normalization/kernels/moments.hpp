@@ -6,6 +6,8 @@
 // deviation in f32; blocks are merged with Chan's parallel formula in f64. This never forms
 // E[x²] − E[x]², so data with mean 1e4 and spread 1e-2 keeps its variance to a few f32 ulps.
 
+#include <cstdint>
+#include <string>
 #include <vector>
 
 #include <keel/engine/engine.hpp>
@@ -24,8 +26,14 @@ struct Moments {
 // Parallel over the engine's threads; vectorized with Highway's runtime dispatch.
 Moments compute_moments(const Engine& engine, const Tensor& x, const ReductionGeometry& geometry);
 
-// The name of the kernel variant compute_moments uses for this geometry and dtype, e.g.
-// "keel:moments_channels_last:avx512", for reports.
-std::string moments_kernel_name(const ReductionGeometry& geometry, DType dtype);
+// How many partial results (count, mean and M2 in f64: 24 bytes each) compute_moments keeps for
+// its fixed-order final merge of this geometry. Besides them it needs the statistics themselves
+// and one column tile per thread; tests check that this stays bounded by the statistics, never by
+// the data.
+std::int64_t moments_partial_results(const ReductionGeometry& geometry);
+
+// The name of the kernel variant compute_moments uses for this geometry, e.g.
+// "keel:moments_channels_last:avx2", for reports. One variant serves every input dtype.
+std::string moments_kernel_name(const ReductionGeometry& geometry);
 
 }  // namespace keel::batch_normalization

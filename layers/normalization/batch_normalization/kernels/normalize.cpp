@@ -16,7 +16,6 @@
 #include <hwy/highway.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -28,6 +27,7 @@
 
 #include "engine/threading.hpp"
 #include "layers/normalization/batch_normalization/kernels/blocking.hpp"
+#include "layers/normalization/batch_normalization/kernels/common.hpp"
 #include "layers/normalization/batch_normalization/kernels/normalize.hpp"
 #include "layers/normalization/batch_normalization/kernels/simd_io-inl.h"
 
@@ -336,32 +336,15 @@ void normalize_units_for_formats(const NormalizePlan& plan, std::int64_t begin, 
     }
 }
 
-template <class In>
-void normalize_units_for_input(const NormalizePlan& plan, std::int64_t begin, std::int64_t end) {
-    switch (plan.y_dtype) {
-        case DType::bf16:
-            return normalize_units_for_formats<In, Bf16Format>(plan, begin, end);
-        case DType::f16:
-            return normalize_units_for_formats<In, F16Format>(plan, begin, end);
-        default:
-            return normalize_units_for_formats<In, F32Format>(plan, begin, end);
-    }
-}
-
 }  // namespace
 
 void NormalizeUnits(const NormalizePlan& plan, std::int64_t begin, std::int64_t end) {
-    switch (plan.x_dtype) {
-        case DType::bf16:
-            return normalize_units_for_input<Bf16Format>(plan, begin, end);
-        case DType::f16:
-            return normalize_units_for_input<F16Format>(plan, begin, end);
-        default:
-            return normalize_units_for_input<F32Format>(plan, begin, end);
-    }
+    visit_format(plan.x_dtype, [&](auto in) {
+        visit_format(plan.y_dtype, [&](auto out) {
+            normalize_units_for_formats<decltype(in), decltype(out)>(plan, begin, end);
+        });
+    });
 }
-
-const char* NormalizeTargetName() { return hwy::TargetName(HWY_TARGET); }
 
 }  // namespace HWY_NAMESPACE
 }  // namespace keel::batch_normalization
@@ -371,18 +354,15 @@ HWY_AFTER_NAMESPACE();
 
 namespace keel::batch_normalization {
 
+// Every call goes through HWY_DYNAMIC_DISPATCH: a function pointer saved before the process's first
+// dispatch is Highway's target-choosing stub, which re-detects the CPU on each call through it
+// (that made the first compute_moments of a [1, 16384, 15, 15] tensor 50x slower).
 HWY_EXPORT(NormalizeUnits);
-HWY_EXPORT(NormalizeTargetName);
+HWY_EXPORT(KernelTargetName);
 
 namespace {
 
 constexpr std::string_view kWhere = "BatchNormalization normalize";
-
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
-
-bool supported_dtype(DType dtype) {
-    return dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::f16;
-}
 
 // One dimension with the index step of each operand: statistics, adjustment scale and bias.
 struct StridedDim {
@@ -598,19 +578,10 @@ NormalizePlan make_plan(const Tensor& x, const ReductionGeometry& geometry,
 void check_arguments(const Tensor& x, const ReductionGeometry& geometry,
                      const NormalizeCoefficients& coefficients,
                      const ElementwiseAdjustment* adjustment, const Tensor& y) {
-    if (!supported_dtype(x.dtype())) {
-        throw unsupported(kWhere, "x of dtype " + std::string(dtype_name(x.dtype())),
-                          "the kernels read float32, bfloat16 or float16");
-    }
-    if (!supported_dtype(y.dtype())) {
+    check_kernel_input(kWhere, x, geometry);
+    if (y.dtype() != DType::f32 && y.dtype() != DType::bf16 && y.dtype() != DType::f16) {
         throw unsupported(kWhere, "y of dtype " + std::string(dtype_name(y.dtype())),
                           "the kernels write float32, bfloat16 or float16");
-    }
-    if (geometry.dims.size() != geometry.kept.size() ||
-        x.element_count() != geometry.element_count) {
-        throw shape_mismatch(kWhere, "x", shape_to_string(x.shape()),
-                             "a tensor of the geometry " + geometry.to_string() + " (" +
-                                 std::to_string(geometry.element_count) + " elements)");
     }
     if (y.shape() != x.shape()) {
         throw shape_mismatch(kWhere, "y", shape_to_string(y.shape()),
@@ -636,28 +607,26 @@ void check_arguments(const Tensor& x, const ReductionGeometry& geometry,
                 kWhere, std::string(name) + " of dtype " + std::string(dtype_name(tensor.dtype())),
                 "adjustment tensors are float32");
         }
-        bool broadcastable = tensor.rank() == x.rank();
-        for (int i = 0; broadcastable && i < x.rank(); ++i) {
-            const std::int64_t size = tensor.shape()[static_cast<std::size_t>(i)];
-            broadcastable = size == 1 || size == x.shape()[static_cast<std::size_t>(i)];
-        }
-        if (!broadcastable) {
-            throw shape_mismatch(
-                kWhere, name, shape_to_string(tensor.shape()),
-                "x's rank with each dimension 1 or equal to x's " + shape_to_string(x.shape()));
-        }
+        check_adjustment_broadcast(kWhere, name, tensor, x.shape());
     };
     check_tensor(adjustment->scale, "adjustment.scale");
     check_tensor(adjustment->bias, "adjustment.bias");
 }
 
-std::string layout_name(const ReductionGeometry& geometry) {
-    if (geometry.channels_last()) return "channels_last";
-    if (geometry.channels_first()) return "channels_first";
-    return "general";
-}
-
 }  // namespace
+
+void check_adjustment_broadcast(std::string_view where, std::string_view name,
+                                const Tensor& operand, const Shape& x_shape) {
+    bool broadcastable = operand.shape().size() == x_shape.size();
+    for (std::size_t i = 0; broadcastable && i < x_shape.size(); ++i) {
+        broadcastable = operand.shape()[i] == 1 || operand.shape()[i] == x_shape[i];
+    }
+    if (!broadcastable) {
+        throw shape_mismatch(
+            where, name, shape_to_string(operand.shape()),
+            "x's rank with each dimension 1 or equal to x's " + shape_to_string(x_shape));
+    }
+}
 
 void split_means(const std::vector<double>& mean, std::vector<float>& hi, std::vector<float>& lo) {
     hi.resize(mean.size());
@@ -680,18 +649,15 @@ void normalize(const Engine& engine, const Tensor& x, const ReductionGeometry& g
     for (int k = 0; k < plan.outer_rank; ++k) rows *= plan.outer_size[k];
     const std::int64_t units = rows * plan.chunks_per_row;
     const std::int64_t unit_elements = std::max<std::int64_t>(1, plan.chunk_length);
-    const auto run = HWY_DYNAMIC_DISPATCH(NormalizeUnits);
     parallel_for(engine, units, std::max<std::int64_t>(1, kParallelGrainElements / unit_elements),
-                 [&](std::int64_t begin, std::int64_t end) { run(plan, begin, end); });
+                 [&](std::int64_t begin, std::int64_t end) {
+                     HWY_DYNAMIC_DISPATCH(NormalizeUnits)(plan, begin, end);
+                 });
 }
 
-std::string normalize_kernel_name(const ReductionGeometry& geometry, DType dtype,
-                                  bool with_adjustment) {
-    (void)dtype;  // one kernel per layout serves every dtype pair
-    std::string target = HWY_DYNAMIC_DISPATCH(NormalizeTargetName)();
-    for (char& c : target) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return "keel:normalize_" + layout_name(geometry) + (with_adjustment ? "_adjusted" : "") + ":" +
-           target;
+std::string normalize_kernel_name(const ReductionGeometry& geometry, bool with_adjustment) {
+    return kernel_name("normalize", geometry, with_adjustment ? "_adjusted" : "",
+                       HWY_DYNAMIC_DISPATCH(KernelTargetName)());
 }
 
 }  // namespace keel::batch_normalization

@@ -12,6 +12,7 @@
 // Output is rounded once to y's dtype.
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <keel/engine/engine.hpp>
@@ -46,7 +47,13 @@ void normalize(const Engine& engine, const Tensor& x, const ReductionGeometry& g
                const NormalizeCoefficients& coefficients, const ElementwiseAdjustment* adjustment,
                Tensor& y);
 
-std::string normalize_kernel_name(const ReductionGeometry& geometry, DType dtype,
-                                  bool with_adjustment);
+// Throws keel::Error (shape_mismatch, naming `where` and `name`) unless `operand` broadcasts
+// element-wise against x as ElementwiseAdjustment requires: x's rank, each dimension 1 or x's.
+void check_adjustment_broadcast(std::string_view where, std::string_view name,
+                                const Tensor& operand, const Shape& x_shape);
+
+// The name of the kernel variant normalize uses for this geometry, e.g.
+// "keel:normalize_channels_first_adjusted:avx2", for reports. One variant serves every dtype pair.
+std::string normalize_kernel_name(const ReductionGeometry& geometry, bool with_adjustment);
 
 }  // namespace keel::batch_normalization

@@ -54,6 +54,24 @@ inline constexpr bool kHardwareF16 = true;
 inline constexpr bool kHardwareF16 = false;
 #endif
 
+// The name of this target, for kernel names (each kernel file exports it to learn which target its
+// dynamic dispatch picks).
+inline const char* KernelTargetName() { return hwy::TargetName(HWY_TARGET); }
+
+// Calls visit(Format{}) with the format tag of `dtype` (f32, bf16 or f16; the kernels' entry
+// points have refused any other).
+template <class Visitor>
+HWY_INLINE void visit_format(DType dtype, Visitor&& visit) {
+    switch (dtype) {
+        case DType::bf16:
+            return visit(Bf16Format{});
+        case DType::f16:
+            return visit(F16Format{});
+        default:
+            return visit(F32Format{});
+    }
+}
+
 template <class Format>
 HWY_INLINE FloatVec load_as_f32(FloatTag df, const typename Format::Storage* source) {
     if constexpr (std::is_same_v<Format, F32Format>) {

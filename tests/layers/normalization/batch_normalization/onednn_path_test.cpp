@@ -49,13 +49,12 @@ bool is_jit_implementation(const std::string& name) {
     return name.starts_with("bnorm_jit") || name.starts_with("bnorm_tbb_jit");
 }
 
-OneDnnRequest make_request(std::int64_t outer, std::int64_t channels, DType dtype, bool training,
+OneDnnRequest make_request(std::int64_t outer, std::int64_t channels, DType dtype,
                            bool use_scale = true, bool use_shift = true) {
     OneDnnRequest request;
     request.outer = outer;
     request.channels = channels;
     request.dtype = dtype;
-    request.training = training;
     request.use_scale = use_scale;
     request.use_shift = use_shift;
     request.epsilon = 1e-3f;
@@ -87,68 +86,12 @@ std::vector<float> make_channel_values(std::int64_t channels, float base, float 
     return values;
 }
 
-struct ExactMoments {
-    std::vector<double> mean;
-    std::vector<double> variance;  // biased: divided by the number of rows
-};
-
-ExactMoments exact_moments(const std::vector<float>& x, std::int64_t outer, std::int64_t channels) {
-    ExactMoments moments{std::vector<double>(static_cast<std::size_t>(channels), 0.0),
-                         std::vector<double>(static_cast<std::size_t>(channels), 0.0)};
-    for (std::int64_t c = 0; c < channels; ++c) {
-        double sum = 0.0;
-        for (std::int64_t row = 0; row < outer; ++row) sum += x[row * channels + c];
-        const double mean = sum / static_cast<double>(outer);
-        double squares = 0.0;
-        for (std::int64_t row = 0; row < outer; ++row) {
-            const double centred = x[row * channels + c] - mean;
-            squares += centred * centred;
-        }
-        moments.mean[c] = mean;
-        moments.variance[c] = squares / static_cast<double>(outer);
-    }
-    return moments;
-}
-
-// What oneDNN's f32 arithmetic may deviate from the exact result, per quantity.
-//
-// Statistics (training). The mean is a sum of n values in some order, then a division:
-//   |mean^ - mean| <= (n - 1)·u·Σ|x|/n + u·|mean| <= n·u·mean|x|.
-// The variance is Σ(x - mean^)²/n over the f32 mean: each term carries 3 roundings (subtract,
-// square, accumulate into a sum of non-negative terms), the sum n - 1 more, the division one, and
-// Σ(x - mean^)² = Σ(x - mean)² + n·(mean - mean^)² exactly, so
-//   |var^ - var| <= (n + 3)·u·(var + δmean²) + δmean².
-// Output. Whether oneDNN evaluates (x - μ)·(1/σ)·γ + β or x·s + (β - μ·s) with s = γ/σ, at most
-// eight roundings touch quantities bounded by T = (|x| + |μ|)·|γ|/σ + |β| (σ = sqrt(var + ε):
-// add, sqrt, divide; then product with γ, the products with x and μ, the subtraction and the
-// final add or fma), so |y^ - y| <= 8·u·T. In training the statistics' errors propagate as
-//   |γ|/σ·(δmean + |x - μ|·δvar/(2·(var + ε))).
-// A bf16 output adds one rounding of the f32 result: 2^-8·(|y| + f32 error).
-// Second-order terms (products of two such errors) stay below 1% of the first-order bound for
-// these sizes (n·u < 1e-3), hence the factor 1.01.
-struct Tolerances {
-    std::vector<double> mean;
-    std::vector<double> variance;
-};
-
-Tolerances statistics_tolerances(const std::vector<float>& x, const ExactMoments& exact,
-                                 std::int64_t outer, std::int64_t channels) {
-    const double n = static_cast<double>(outer);
-    Tolerances tolerances{std::vector<double>(static_cast<std::size_t>(channels)),
-                          std::vector<double>(static_cast<std::size_t>(channels))};
-    for (std::int64_t c = 0; c < channels; ++c) {
-        double sum_abs = 0.0;
-        for (std::int64_t row = 0; row < outer; ++row) sum_abs += std::fabs(x[row * channels + c]);
-        const double mean_error = n * kUnitRoundoff32 * (sum_abs / n);
-        const double variance_error =
-            (n + 3.0) * kUnitRoundoff32 * (exact.variance[c] + mean_error * mean_error) +
-            mean_error * mean_error;
-        tolerances.mean[c] = 1.01 * mean_error;
-        tolerances.variance[c] = 1.01 * variance_error;
-    }
-    return tolerances;
-}
-
+// What oneDNN's f32 arithmetic may deviate from the exact result. Whether oneDNN evaluates
+// (x - μ)·(1/σ)·γ + β or x·s + (β - μ·s) with s = γ/σ, at most eight roundings touch quantities
+// bounded by T = (|x| + |μ|)·|γ|/σ + |β| (σ = sqrt(var + ε): add, sqrt, divide; then product with
+// γ, the products with x and μ, the subtraction and the final add or fma), so |y^ - y| <= 8·u·T.
+// A bf16 output adds one rounding of the f32 result: 2^-8·(|y| + f32 error). Second-order terms
+// (products of two such errors) stay below 1% of the first-order bound, hence the factor 1.01.
 struct Parameters {
     std::vector<float> mean;
     std::vector<float> variance;
@@ -156,13 +99,9 @@ struct Parameters {
     std::vector<float> shift;
 };
 
-// Checks y against the exact double result from the statistics `mean`/`variance` (the values the
-// kernel normalized with), allowing `statistics_error` for how far those may be from exact.
+// Checks y against the exact double result from the statistics the kernel normalized with.
 ::testing::AssertionResult output_matches(const OneDnnRequest& request, const Tensor& x,
-                                          const Tensor& y, const std::vector<double>& mean,
-                                          const std::vector<double>& variance,
-                                          const Parameters& parameters,
-                                          const Tolerances* statistics_error) {
+                                          const Tensor& y, const Parameters& parameters) {
     const std::vector<float> xs = x.to_floats();
     const std::vector<float> ys = y.to_floats();
     const std::int64_t channels = request.channels;
@@ -173,20 +112,13 @@ struct Parameters {
             const std::size_t i = static_cast<std::size_t>(row * channels + c);
             const double gamma = request.use_scale ? parameters.scale[c] : 1.0;
             const double beta = request.use_shift ? parameters.shift[c] : 0.0;
-            const double sigma = std::sqrt(variance[c] + static_cast<double>(request.epsilon));
-            const double exact = (xs[i] - mean[c]) / sigma * gamma + beta;
+            const double mean = parameters.mean[c];
+            const double variance = parameters.variance[c];
+            const double sigma = std::sqrt(variance + static_cast<double>(request.epsilon));
+            const double exact = (xs[i] - mean) / sigma * gamma + beta;
             const double magnitude =
-                (std::fabs(xs[i]) + std::fabs(mean[c])) * std::fabs(gamma) / sigma +
-                std::fabs(beta);
+                (std::fabs(xs[i]) + std::fabs(mean)) * std::fabs(gamma) / sigma + std::fabs(beta);
             double tolerance = 8.0 * kUnitRoundoff32 * magnitude;
-            if (statistics_error != nullptr) {
-                const double variance_plus_epsilon =
-                    variance[c] + static_cast<double>(request.epsilon);
-                tolerance += std::fabs(gamma) / sigma *
-                             (statistics_error->mean[c] + std::fabs(xs[i] - mean[c]) *
-                                                              statistics_error->variance[c] /
-                                                              (2.0 * variance_plus_epsilon));
-            }
             if (request.dtype == DType::bf16) {
                 tolerance += kUnitRoundoffBf16 * (std::fabs(exact) + tolerance);
             }
@@ -205,20 +137,6 @@ struct Parameters {
     if (failures == 0) return ::testing::AssertionSuccess();
     return ::testing::AssertionFailure()
            << failures << " outputs out of tolerance; first at " << first_failure;
-}
-
-::testing::AssertionResult statistics_match(const std::vector<float>& computed,
-                                            const std::vector<double>& exact,
-                                            const std::vector<double>& tolerance,
-                                            const char* what) {
-    for (std::size_t c = 0; c < exact.size(); ++c) {
-        if (!(std::fabs(computed[c] - exact[c]) <= tolerance[c])) {
-            return ::testing::AssertionFailure()
-                   << what << "[" << c << "] = " << computed[c] << ", exact " << exact[c]
-                   << ", tolerance " << tolerance[c];
-        }
-    }
-    return ::testing::AssertionSuccess();
 }
 
 OneDnnProbe accepted_probe(const Engine& engine, const OneDnnRequest& request) {
@@ -246,41 +164,13 @@ void check_inference(const Engine& engine, const OneDnnRequest& request, std::ui
                          parameters.variance.data(),
                          request.use_scale ? parameters.scale.data() : nullptr,
                          request.use_shift ? parameters.shift.data() : nullptr, y);
-    const std::vector<double> mean(parameters.mean.begin(), parameters.mean.end());
-    const std::vector<double> variance(parameters.variance.begin(), parameters.variance.end());
-    EXPECT_TRUE(output_matches(request, x, y, mean, variance, parameters, nullptr));
-}
-
-void check_training(const Engine& engine, const OneDnnRequest& request, std::uint32_t seed) {
-    const OneDnnProbe probe = accepted_probe(engine, request);
-    if (probe.primitive == nullptr) return;
-    const Tensor x = make_input(request.outer, request.channels, request.dtype, seed);
-    Tensor y({request.outer, request.channels}, request.dtype);
-    const Parameters parameters = make_parameters(request.channels);
-    const auto channels = static_cast<std::size_t>(request.channels);
-    // Sentinels: every value must be overwritten.
-    std::vector<float> mean(channels, std::numeric_limits<float>::quiet_NaN());
-    std::vector<float> variance(channels, std::numeric_limits<float>::quiet_NaN());
-    run_onednn_training(
-        engine, *probe.primitive, request, x, request.use_scale ? parameters.scale.data() : nullptr,
-        request.use_shift ? parameters.shift.data() : nullptr, y, mean.data(), variance.data());
-
-    const std::vector<float> xs = x.to_floats();
-    const ExactMoments exact = exact_moments(xs, request.outer, request.channels);
-    const Tolerances tolerances = statistics_tolerances(xs, exact, request.outer, request.channels);
-    EXPECT_TRUE(statistics_match(mean, exact.mean, tolerances.mean, "mean"));
-    // The biased variance (divided by n): the caller applies Bessel's correction where TF's
-    // fused path needs it. With few rows the corrected value n/(n-1)·var lies far outside the
-    // tolerance, so this also proves no correction happened here.
-    EXPECT_TRUE(statistics_match(variance, exact.variance, tolerances.variance, "variance"));
-    EXPECT_TRUE(output_matches(request, x, y, exact.mean, exact.variance, parameters, &tolerances));
+    EXPECT_TRUE(output_matches(request, x, y, parameters));
 }
 
 TEST(OneDnnPathProbe, AcceptsJitForLargeNhwcFloat32) {
     // The common ResNet case must reach oneDNN's JIT kernels, or keel loses its fast path.
     const Engine engine = engine_with_threads(1);
-    const OneDnnProbe probe =
-        probe_onednn(engine, make_request(32 * 56 * 56, 64, DType::f32, /*training=*/false));
+    const OneDnnProbe probe = probe_onednn(engine, make_request(32 * 56 * 56, 64, DType::f32));
     ASSERT_NE(probe.primitive, nullptr) << probe.refusal;
     EXPECT_TRUE(probe.refusal.empty());
     EXPECT_TRUE(is_jit_implementation(probe.primitive->implementation))
@@ -288,40 +178,25 @@ TEST(OneDnnPathProbe, AcceptsJitForLargeNhwcFloat32) {
     ::testing::Test::RecordProperty("implementation", probe.primitive->implementation);
 }
 
-TEST(OneDnnPathProbe, AcceptsJitForTrainingWithAnyScaleShiftFlags) {
-    const Engine engine = engine_with_threads(1);
-    for (const bool use_scale : {false, true}) {
-        for (const bool use_shift : {false, true}) {
-            const OneDnnProbe probe = probe_onednn(
-                engine, make_request(8 * 28 * 28, 256, DType::f32, true, use_scale, use_shift));
-            ASSERT_NE(probe.primitive, nullptr) << probe.refusal;
-            EXPECT_TRUE(is_jit_implementation(probe.primitive->implementation));
-        }
-    }
-}
-
 TEST(OneDnnPathProbe, RefusesGenericImplementationWithItsName) {
     // oneDNN 2.6 serves channels-last data with 3 channels (an RGB input) only with its generic
     // nspc_bnorm: keel's own kernel must take that case, told why.
     const Engine engine = engine_with_threads(1);
-    for (const bool training : {false, true}) {
-        OneDnnProbe probe;
-        ASSERT_NO_THROW(probe =
-                            probe_onednn(engine, make_request(4 * 5 * 5, 3, DType::f32, training)));
-        EXPECT_EQ(probe.primitive, nullptr);
-        EXPECT_NE(probe.refusal.find("oneDNN offers only nspc_bnorm:any"), std::string::npos)
-            << probe.refusal;
-        EXPECT_NE(probe.refusal.find("3 channels"), std::string::npos) << probe.refusal;
-    }
+    OneDnnProbe probe;
+    ASSERT_NO_THROW(probe = probe_onednn(engine, make_request(4 * 5 * 5, 3, DType::f32)));
+    EXPECT_EQ(probe.primitive, nullptr);
+    EXPECT_NE(probe.refusal.find("oneDNN offers only nspc_bnorm:any"), std::string::npos)
+        << probe.refusal;
+    EXPECT_NE(probe.refusal.find("3 channels"), std::string::npos) << probe.refusal;
 }
 
 TEST(OneDnnPathProbe, RefusesWhatOneDnnCannotComputeWithoutThrowing) {
     const Engine engine = engine_with_threads(1);
-    const OneDnnProbe half = probe_onednn(engine, make_request(64, 16, DType::f16, false));
+    const OneDnnProbe half = probe_onednn(engine, make_request(64, 16, DType::f16));
     EXPECT_EQ(half.primitive, nullptr);
     EXPECT_NE(half.refusal.find("float16"), std::string::npos) << half.refusal;
 
-    const OneDnnProbe empty = probe_onednn(engine, make_request(0, 16, DType::f32, true));
+    const OneDnnProbe empty = probe_onednn(engine, make_request(0, 16, DType::f32));
     EXPECT_EQ(empty.primitive, nullptr);
     EXPECT_FALSE(empty.refusal.empty());
 }
@@ -333,14 +208,10 @@ TEST(OneDnnPathProbe, AcceptsBfloat16WhereOneDnnHasAvx512) {
         GTEST_SKIP() << "oneDNN reports no AVX-512 on this CPU";
     }
     const Engine engine = engine_with_threads(1);
-    for (const bool training : {false, true}) {
-        const OneDnnProbe probe =
-            probe_onednn(engine, make_request(32 * 56 * 56, 64, DType::bf16, training));
-        ASSERT_NE(probe.primitive, nullptr) << probe.refusal;
-        EXPECT_TRUE(is_jit_implementation(probe.primitive->implementation));
-        ::testing::Test::RecordProperty(training ? "bf16_training" : "bf16_inference",
-                                        probe.primitive->implementation);
-    }
+    const OneDnnProbe probe = probe_onednn(engine, make_request(32 * 56 * 56, 64, DType::bf16));
+    ASSERT_NE(probe.primitive, nullptr) << probe.refusal;
+    EXPECT_TRUE(is_jit_implementation(probe.primitive->implementation));
+    ::testing::Test::RecordProperty("bf16_inference", probe.primitive->implementation);
 }
 
 TEST(OneDnnPathWithoutBf16, RefusesBfloat16InsteadOfThrowing) {
@@ -350,22 +221,19 @@ TEST(OneDnnPathWithoutBf16, RefusesBfloat16InsteadOfThrowing) {
         GTEST_SKIP() << "oneDNN has bf16 kernels here; see the DNNL_MAX_CPU_ISA=AVX2 run";
     }
     const Engine engine = engine_with_threads(1);
-    for (const bool training : {false, true}) {
-        OneDnnProbe probe;
-        ASSERT_NO_THROW(probe =
-                            probe_onednn(engine, make_request(1024, 64, DType::bf16, training)));
-        EXPECT_EQ(probe.primitive, nullptr);
-        EXPECT_NE(probe.refusal.find("bfloat16"), std::string::npos) << probe.refusal;
-    }
+    OneDnnProbe probe;
+    ASSERT_NO_THROW(probe = probe_onednn(engine, make_request(1024, 64, DType::bf16)));
+    EXPECT_EQ(probe.primitive, nullptr);
+    EXPECT_NE(probe.refusal.find("bfloat16"), std::string::npos) << probe.refusal;
 }
 
 TEST(OneDnnPathProbe, RejectsMalformedRequests) {
     const Engine engine = engine_with_threads(1);
-    OneDnnRequest request = make_request(-1, 16, DType::f32, false);
+    OneDnnRequest request = make_request(-1, 16, DType::f32);
     EXPECT_THROW(probe_onednn(engine, request), Error);
-    request = make_request(16, -2, DType::f32, false);
+    request = make_request(16, -2, DType::f32);
     EXPECT_THROW(probe_onednn(engine, request), Error);
-    request = make_request(16, 16, DType::f32, false);
+    request = make_request(16, 16, DType::f32);
     request.epsilon = std::numeric_limits<float>::quiet_NaN();
     try {
         probe_onednn(engine, request);
@@ -378,7 +246,7 @@ TEST(OneDnnPathProbe, RejectsMalformedRequests) {
 
 TEST(OneDnnPathCache, SameRequestSharesOnePrimitive) {
     const Engine engine = engine_with_threads(1);
-    const OneDnnRequest request = make_request(1024, 64, DType::f32, true);
+    const OneDnnRequest request = make_request(1024, 64, DType::f32);
     const OneDnnProbe first = probe_onednn(engine, request);
     const std::size_t entries = engine.state().primitives.size();
     const OneDnnProbe second = probe_onednn(engine, request);
@@ -389,16 +257,15 @@ TEST(OneDnnPathCache, SameRequestSharesOnePrimitive) {
 
 TEST(OneDnnPathCache, EveryDescriptorFieldSeparatesPrimitives) {
     // A key that forgot a field would hand one case another case's primitive (wrong epsilon baked
-    // into the JIT code, statistics computed instead of read, ...).
+    // into the JIT code, a missing scale or shift, ...).
     const Engine engine = engine_with_threads(1);
-    const OneDnnRequest base = make_request(1024, 64, DType::f32, true);
-    std::vector<OneDnnRequest> variants(7, base);
+    const OneDnnRequest base = make_request(1024, 64, DType::f32);
+    std::vector<OneDnnRequest> variants(6, base);
     variants[1].outer = 2048;
     variants[2].channels = 128;
-    variants[3].training = false;
-    variants[4].use_scale = false;
-    variants[5].use_shift = false;
-    variants[6].epsilon = std::nextafter(base.epsilon, 1.0f);
+    variants[3].use_scale = false;
+    variants[4].use_shift = false;
+    variants[5].epsilon = std::nextafter(base.epsilon, 1.0f);
     if (onednn_has_isa(dnnl::cpu_isa::avx512_core)) {
         OneDnnRequest bfloat16 = base;
         bfloat16.dtype = DType::bf16;
@@ -417,10 +284,10 @@ TEST(OneDnnPathCache, EveryDescriptorFieldSeparatesPrimitives) {
 }
 
 TEST(OneDnnPathCache, PrimitiveIsCreatedForTheEngineThreadCount) {
-    // oneDNN sizes a JIT batch norm's reduction scratchpad per thread of the team it sees at
+    // oneDNN sizes a JIT batch norm's scratchpad per thread of the team it sees at
     // creation; a 2-thread engine must get a primitive created for 2 threads (a 1-thread one
     // would overrun its scratchpad when run by 2).
-    const OneDnnRequest request = make_request(1024, 64, DType::f32, true);
+    const OneDnnRequest request = make_request(1024, 64, DType::f32);
     const Engine one = engine_with_threads(1);
     const Engine two = engine_with_threads(2);
     const OneDnnProbe single = probe_onednn(one, request);
@@ -455,21 +322,11 @@ TEST_P(OneDnnPathNumerics, InferenceMatchesExactFormula) {
         GTEST_SKIP() << "no bf16 batch norm in oneDNN on this CPU";
     }
     const Engine engine = engine_with_threads(c.threads);
-    check_inference(
-        engine, make_request(c.outer, c.channels, c.dtype, false, c.use_scale, c.use_shift), 17);
+    check_inference(engine, make_request(c.outer, c.channels, c.dtype, c.use_scale, c.use_shift),
+                    17);
 }
 
-TEST_P(OneDnnPathNumerics, TrainingMatchesExactStatisticsAndOutput) {
-    const NumericsCase& c = GetParam();
-    if (c.dtype == DType::bf16 && !onednn_has_isa(dnnl::cpu_isa::avx512_core)) {
-        GTEST_SKIP() << "no bf16 batch norm in oneDNN on this CPU";
-    }
-    const Engine engine = engine_with_threads(c.threads);
-    check_training(engine,
-                   make_request(c.outer, c.channels, c.dtype, true, c.use_scale, c.use_shift), 29);
-}
-
-// Rows: 3 (Bessel's factor 1.5 would show), 70 (two images of 35 rows in the nhwc view), 4096
+// Rows: 3 (less than one vector per channel), 70 (two images of 35 rows in the nhwc view), 4096
 // (64 images of 64 rows, split between threads), 4099 (prime: 4099 images of one row).
 // Channels: 48 and 64 reach bnorm_jit (multiples of 16), 40 reaches bnorm_tbb_jit (f32 only).
 INSTANTIATE_TEST_SUITE_P(ScaleShiftFlags, OneDnnPathNumerics,
@@ -495,7 +352,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, OneDnnPathNumerics,
 
 TEST(OneDnnPathRun, RejectsTensorsThatDoNotMatchTheRequest) {
     const Engine engine = engine_with_threads(1);
-    const OneDnnRequest request = make_request(64, 16, DType::f32, false);
+    const OneDnnRequest request = make_request(64, 16, DType::f32);
     const OneDnnProbe probe = accepted_probe(engine, request);
     ASSERT_NE(probe.primitive, nullptr);
     const Parameters parameters = make_parameters(request.channels);
@@ -526,7 +383,7 @@ TEST(OneDnnPathRun, RejectsTensorsThatDoNotMatchTheRequest) {
                  Error);
 
     // A primitive made for another request would read and write past the caller's buffers.
-    const OneDnnProbe larger = accepted_probe(engine, make_request(128, 16, DType::f32, false));
+    const OneDnnProbe larger = accepted_probe(engine, make_request(128, 16, DType::f32));
     ASSERT_NE(larger.primitive, nullptr);
     EXPECT_THROW(run_onednn_inference(engine, *larger.primitive, request, good,
                                       parameters.mean.data(), parameters.variance.data(),
@@ -538,18 +395,6 @@ TEST(OneDnnPathRun, RejectsTensorsThatDoNotMatchTheRequest) {
                                       parameters.mean.data(), parameters.variance.data(),
                                       parameters.scale.data(), parameters.shift.data(), y),
                  Error);
-    OneDnnRequest training = request;
-    training.training = true;
-    std::vector<float> mean(16);
-    std::vector<float> variance(16);
-    EXPECT_THROW(
-        run_onednn_training(engine, *probe.primitive, training, good, parameters.scale.data(),
-                            parameters.shift.data(), y, mean.data(), variance.data()),
-        Error);
-    EXPECT_THROW(run_onednn_inference(engine, *probe.primitive, training, good,
-                                      parameters.mean.data(), parameters.variance.data(),
-                                      parameters.scale.data(), parameters.shift.data(), y),
-                 Error);
 }
 
 TEST(OneDnnPathRun, ManyPrimitivesInTurnOnOneThread) {
@@ -558,91 +403,71 @@ TEST(OneDnnPathRun, ManyPrimitivesInTurnOnOneThread) {
     const Engine engine = engine_with_threads(1);
     for (int pass = 0; pass < 2; ++pass) {
         for (std::int64_t outer = 40; outer < 64; ++outer) {
-            check_inference(engine, make_request(outer, 32, DType::f32, false), 7);
+            check_inference(engine, make_request(outer, 32, DType::f32), 7);
         }
     }
 }
 
 // Debian's oneDNN shares its library scratchpad between threads; keel gives each calling thread
 // its own (user mode). Two threads running the same primitive at once on their own buffers must
-// each get exactly what a lone run gives — training included, where the scratchpad holds the
-// per-thread partial sums and barriers.
+// each get exactly what a lone run gives.
 TEST(OneDnnPathConcurrency, TwoThreadsShareOnePrimitive) {
     const Engine engine = engine_with_threads(2);
-    for (const bool training : {false, true}) {
-        const OneDnnRequest request = make_request(4096, 64, DType::f32, training);
-        const OneDnnProbe probe = accepted_probe(engine, request);
-        ASSERT_NE(probe.primitive, nullptr);
-        const Parameters parameters = make_parameters(request.channels);
+    const OneDnnRequest request = make_request(4096, 64, DType::f32);
+    const OneDnnProbe probe = accepted_probe(engine, request);
+    ASSERT_NE(probe.primitive, nullptr);
+    const Parameters parameters = make_parameters(request.channels);
 
-        struct Worker {
-            Tensor x;
-            Tensor expected;
-            std::vector<float> expected_mean;
-            std::vector<float> expected_variance;
-            int mismatches = 0;
-        };
-        const auto run = [&](const Tensor& x, Tensor& y, std::vector<float>& mean,
-                             std::vector<float>& variance) {
-            if (training) {
-                run_onednn_training(engine, *probe.primitive, request, x, parameters.scale.data(),
-                                    parameters.shift.data(), y, mean.data(), variance.data());
-            } else {
-                run_onednn_inference(engine, *probe.primitive, request, x, parameters.mean.data(),
-                                     parameters.variance.data(), parameters.scale.data(),
-                                     parameters.shift.data(), y);
-            }
-        };
-        std::vector<Worker> workers(2);
-        for (std::size_t w = 0; w < workers.size(); ++w) {
-            Worker& worker = workers[w];
-            worker.x = make_input(request.outer, request.channels, DType::f32,
-                                  static_cast<std::uint32_t>(100 + w));
-            worker.expected = Tensor({request.outer, request.channels}, DType::f32);
-            worker.expected_mean.assign(64, 0.0f);
-            worker.expected_variance.assign(64, 0.0f);
-            run(worker.x, worker.expected, worker.expected_mean, worker.expected_variance);
-        }
-
-        std::atomic<int> finished{0};
-        std::vector<std::thread> threads;
-        for (Worker& worker : workers) {
-            threads.emplace_back([&run, &worker, &request, &finished] {
-                Tensor y({request.outer, request.channels}, DType::f32);
-                std::vector<float> mean(64);
-                std::vector<float> variance(64);
-                for (int iteration = 0; iteration < 40; ++iteration) {
-                    try {
-                        run(worker.x, y, mean, variance);
-                    } catch (const Error&) {
-                        ++worker.mismatches;
-                        continue;
-                    }
-                    const bool same_output =
-                        std::memcmp(y.data(), worker.expected.data(), y.byte_size()) == 0;
-                    const bool same_statistics =
-                        !request.training ||
-                        (mean == worker.expected_mean && variance == worker.expected_variance);
-                    if (!same_output || !same_statistics) ++worker.mismatches;
-                }
-                ++finished;
-            });
-        }
-        // Threads that corrupt each other's barriers spin forever; end the test binary with a
-        // message then, instead of hanging the suite (the runs take milliseconds).
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-        while (finished.load() < static_cast<int>(threads.size())) {
-            if (std::chrono::steady_clock::now() > deadline) {
-                std::fprintf(stderr, "concurrent oneDNN runs did not finish within 60 s\n");
-                std::abort();
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        }
-        for (std::thread& thread : threads) thread.join();
-        for (const Worker& worker : workers) {
-            EXPECT_EQ(worker.mismatches, 0) << (training ? "training" : "inference");
-        }
+    struct Worker {
+        Tensor x;
+        Tensor expected;
+        int mismatches = 0;
+    };
+    const auto run = [&](const Tensor& x, Tensor& y) {
+        run_onednn_inference(engine, *probe.primitive, request, x, parameters.mean.data(),
+                             parameters.variance.data(), parameters.scale.data(),
+                             parameters.shift.data(), y);
+    };
+    std::vector<Worker> workers(2);
+    for (std::size_t w = 0; w < workers.size(); ++w) {
+        Worker& worker = workers[w];
+        worker.x = make_input(request.outer, request.channels, DType::f32,
+                              static_cast<std::uint32_t>(100 + w));
+        worker.expected = Tensor({request.outer, request.channels}, DType::f32);
+        run(worker.x, worker.expected);
     }
+
+    std::atomic<int> finished{0};
+    std::vector<std::thread> threads;
+    for (Worker& worker : workers) {
+        threads.emplace_back([&run, &worker, &request, &finished] {
+            Tensor y({request.outer, request.channels}, DType::f32);
+            for (int iteration = 0; iteration < 40; ++iteration) {
+                try {
+                    run(worker.x, y);
+                } catch (const Error&) {
+                    ++worker.mismatches;
+                    continue;
+                }
+                if (std::memcmp(y.data(), worker.expected.data(), y.byte_size()) != 0) {
+                    ++worker.mismatches;
+                }
+            }
+            ++finished;
+        });
+    }
+    // Threads that corrupt each other's state may spin forever; end the test binary with a
+    // message then, instead of hanging the suite (the runs take milliseconds).
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (finished.load() < static_cast<int>(threads.size())) {
+        if (std::chrono::steady_clock::now() > deadline) {
+            std::fprintf(stderr, "concurrent oneDNN runs did not finish within 60 s\n");
+            std::abort();
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    for (std::thread& thread : threads) thread.join();
+    for (const Worker& worker : workers) EXPECT_EQ(worker.mismatches, 0);
 }
 
 }  // namespace

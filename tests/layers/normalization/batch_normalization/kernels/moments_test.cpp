@@ -160,6 +160,9 @@ TEST(Moments, ChannelsFirstMatchesTheReference) {
     // NCHW.
     cases.push_back({{2, 5, 7, 9}, {1}});
     cases.push_back({{3, 4, 16, 16}, {1}});
+    // One image of short runs: a single row of 300·15·15 columns, cut into tiles of whole
+    // channels (2 channels of 225 per tile) that fold into per-channel partial results.
+    cases.push_back({{1, 300, 15, 15}, {1}});
     check_cases(cases);
 }
 
@@ -289,8 +292,11 @@ TEST(Moments, TheLargeMeanTestRejectsTheTextbookOnePassFormula) {
 TEST(Moments, ResultsDoNotDependOnTheThreadCount) {
     // The work is cut by shape alone and partial results merge in a fixed order, so 1 and 2
     // threads give bit-identical statistics.
-    for (const GeometryCase& c : std::vector<GeometryCase>{
-             {{3000, 64}, {1}}, {{4, 8, 9000}, {1}}, {{8, 64, 30}, {1}}, {{300000}, {}}}) {
+    for (const GeometryCase& c : std::vector<GeometryCase>{{{3000, 64}, {1}},
+                                                           {{4, 8, 9000}, {1}},
+                                                           {{8, 64, 30}, {1}},
+                                                           {{300000}, {}},
+                                                           {{1, 2048, 15, 15}, {1}}}) {
         SCOPED_TRACE(describe(c));
         const Tensor x = random_tensor(c.shape, DType::f32, 7, -1.0F, 5.0F);
         const ReductionGeometry geometry = make_geometry(c.shape, c.kept_axes);
@@ -301,6 +307,26 @@ TEST(Moments, ResultsDoNotDependOnTheThreadCount) {
     }
 }
 
+TEST(Moments, PartialResultsAreBoundedByTheStatisticsNotByTheData) {
+    // The partial results kept for the final merge (24 bytes each) may grow with the statistics
+    // (one per packed row of at most kMaxLanes rows, per statistic) plus a fixed allowance for
+    // row chunks, never with the columns: one NCHW image of short runs is a single row of
+    // C·H·W columns, and keeping a partial result per column took 6x the f32 input's memory.
+    for (const GeometryCase& c : std::vector<GeometryCase>{{{1, 16384, 15, 15}, {1}},
+                                                           {{1, 65536, 15, 15}, {1}},
+                                                           {{2, 4096, 7, 7}, {1}},
+                                                           {{1, 1000, 3, 3}, {1, 3}},
+                                                           {{64, 100000}, {1}},
+                                                           {{8, 64, 112, 112}, {1}},
+                                                           {{32, 56, 56, 64}, {3}},
+                                                           {{1 << 24}, {}}}) {
+        SCOPED_TRACE(describe(c));
+        const ReductionGeometry geometry = make_geometry(c.shape, c.kept_axes);
+        EXPECT_LE(moments_partial_results(geometry),
+                  kMaxLanes * geometry.statistic_count + kMaxPartialResults);
+    }
+}
+
 TEST(Moments, KernelNameNamesTheLayoutAndTheDispatchedTarget) {
     const ReductionGeometry nhwc = make_geometry({2, 3, 3, 8}, {3});
     const ReductionGeometry nchw = make_geometry({2, 8, 3, 3}, {1});
@@ -308,11 +334,11 @@ TEST(Moments, KernelNameNamesTheLayoutAndTheDispatchedTarget) {
     for (const std::int64_t target : compiled_targets()) {
         TargetScope scope(target);
         const std::string target_suffix = target_name(target);
-        EXPECT_EQ(moments_kernel_name(nhwc, DType::f32),
+        EXPECT_EQ(moments_kernel_name(nhwc),
                   std::string("keel:moments_channels_last:").append(target_suffix));
-        EXPECT_EQ(moments_kernel_name(nchw, DType::bf16),
+        EXPECT_EQ(moments_kernel_name(nchw),
                   std::string("keel:moments_channels_first:").append(target_suffix));
-        EXPECT_EQ(moments_kernel_name(multi, DType::f16),
+        EXPECT_EQ(moments_kernel_name(multi),
                   std::string("keel:moments_general:").append(target_suffix));
     }
 }

@@ -379,11 +379,11 @@ TEST(Normalize, KernelNameNamesTheLayoutTheAdjustmentAndTheDispatchedTarget) {
     for (const std::int64_t target : compiled_targets()) {
         TargetScope scope(target);
         const std::string name = target_name(target);
-        EXPECT_EQ(normalize_kernel_name(nhwc, DType::f32, false),
+        EXPECT_EQ(normalize_kernel_name(nhwc, false),
                   std::string("keel:normalize_channels_last:").append(name));
-        EXPECT_EQ(normalize_kernel_name(nchw, DType::bf16, true),
+        EXPECT_EQ(normalize_kernel_name(nchw, true),
                   std::string("keel:normalize_channels_first_adjusted:").append(name));
-        EXPECT_EQ(normalize_kernel_name(multi, DType::f16, false),
+        EXPECT_EQ(normalize_kernel_name(multi, false),
                   std::string("keel:normalize_general:").append(name));
     }
 }
