@@ -1,14 +1,14 @@
 #include <keel/engine/tensor.hpp>
 
 #include <algorithm>
-#include <bit>
-#include <cmath>
 #include <cstring>
 #include <limits>
 #include <new>
 #include <string>
 #include <type_traits>
 #include <utility>
+
+#include <unistd.h>
 
 #include <keel/engine/error.hpp>
 
@@ -65,29 +65,45 @@ std::size_t checked_byte_size(std::int64_t count, DType dtype, std::string_view 
     return static_cast<std::size_t>(count * element_size);
 }
 
+std::size_t physical_memory_bytes() {
+    static const std::size_t bytes = [] {
+        const long pages = ::sysconf(_SC_PHYS_PAGES);
+        const long page_size = ::sysconf(_SC_PAGESIZE);
+        return pages > 0 && page_size > 0
+                   ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page_size)
+                   : std::numeric_limits<std::size_t>::max();
+    }();
+    return bytes;
+}
+
 // Zero-filled storage aligned to Tensor::kAlignment, freed with the matching aligned delete.
-std::shared_ptr<std::byte[]> allocate_aligned(std::size_t bytes) {
+// A request beyond the machine's physical memory is refused up front: with overcommit the
+// allocation would succeed and zero-filling it would end in the OOM killer, a signal instead of an
+// error the host can handle.
+std::shared_ptr<std::byte[]> allocate_aligned(std::size_t bytes, const Shape& shape, DType dtype) {
     constexpr auto alignment = std::align_val_t{Tensor::kAlignment};
+    const auto refuse = [&] {
+        return invalid_argument("Tensor", "shape",
+                                shape_to_string(shape) + " (" + std::to_string(bytes) +
+                                    " bytes of " + std::string(dtype_name(dtype)) + ")",
+                                "a tensor that fits in this machine's " +
+                                    std::to_string(physical_memory_bytes()) + " bytes of memory");
+    };
+    if (bytes > physical_memory_bytes()) throw refuse();
     // Never zero bytes, so an owning tensor always has a distinct, valid address.
     const std::size_t rounded =
         std::max<std::size_t>(Tensor::kAlignment, (bytes + Tensor::kAlignment - 1) /
                                                       Tensor::kAlignment * Tensor::kAlignment);
-    auto* raw = static_cast<std::byte*>(::operator new(rounded, alignment));
+    std::byte* raw = nullptr;
+    try {
+        raw = static_cast<std::byte*>(::operator new(rounded, alignment));
+    } catch (const std::bad_alloc&) {
+        throw refuse();
+    }
     std::shared_ptr<std::byte[]> storage(
         raw, [alignment](std::byte* pointer) { ::operator delete(pointer, alignment); });
     std::memset(raw, 0, rounded);
     return storage;
-}
-
-// Narrows a double to float rounding toward zero and setting the lowest bit if anything was
-// dropped ("round to odd"). Rounding that float again to a 16-bit format to nearest even then gives
-// the same result as rounding the double directly, which plain double->float->16-bit would not.
-float narrow_round_to_odd(double value) {
-    const float nearest = static_cast<float>(value);
-    if (std::isnan(value) || static_cast<double>(nearest) == value) return nearest;
-    auto bits = std::bit_cast<std::uint32_t>(nearest);
-    if (std::abs(static_cast<double>(nearest)) > std::abs(value)) --bits;  // back toward zero
-    return std::bit_cast<float>(bits | 1u);
 }
 
 float load_float(const void* data, DType dtype, std::int64_t index) {
@@ -143,10 +159,17 @@ void convert_elements(const void* source, DType from, void* destination, DType t
     } else if (from == DType::f64) {
         const auto* values = static_cast<const double*>(source);
         for (std::size_t i = 0; i < count; ++i) {
-            const double value = values[i];
-            const float narrowed =
-                to == DType::f32 ? static_cast<float>(value) : narrow_round_to_odd(value);
-            store_float(destination, to, static_cast<std::int64_t>(i), narrowed);
+            switch (to) {
+                case DType::bf16:
+                    static_cast<std::uint16_t*>(destination)[i] = double_to_bf16_bits(values[i]);
+                    break;
+                case DType::f16:
+                    static_cast<std::uint16_t*>(destination)[i] = double_to_f16_bits(values[i]);
+                    break;
+                default:
+                    static_cast<float*>(destination)[i] = static_cast<float>(values[i]);
+                    break;
+            }
         }
     } else if (to == DType::f64) {
         auto* values = static_cast<double*>(destination);
@@ -198,7 +221,8 @@ Tensor::Tensor() : Tensor(Shape{0}, DType::f32, nullptr, nullptr) {}
 
 Tensor::Tensor(Shape shape, DType dtype)
     : shape_(std::move(shape)), element_count_(keel::element_count(shape_)), dtype_(dtype) {
-    storage_ = allocate_aligned(checked_byte_size(element_count_, dtype_, "Tensor", shape_));
+    storage_ = allocate_aligned(checked_byte_size(element_count_, dtype_, "Tensor", shape_), shape_,
+                                dtype_);
     data_ = storage_.get();
 }
 

@@ -34,7 +34,7 @@ void Layer::build(const Shape& input_shape) {
         throw invalid_argument(describe(), "build", shape_to_string(input_shape),
                                "a layer that is not built yet (it was built before)");
     }
-    // Variables are created into a fresh list so a throwing build leaves the layer unbuilt.
+    // A throwing build leaves the layer unbuilt and without variables, so it can be built again.
     variables_.clear();
     try {
         build_variables(input_shape);

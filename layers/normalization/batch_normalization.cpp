@@ -425,6 +425,9 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
     const auto plan_key = std::make_pair(shape, training);
     auto cached = impl.plans.find(plan_key);
     if (cached == impl.plans.end()) {
+        // Bounded: a server that sees ever new batch sizes must not grow this without limit.
+        constexpr std::size_t kMaxCachedPlans = 64;
+        if (impl.plans.size() >= kMaxCachedPlans) impl.plans.clear();
         cached = impl.plans.emplace(plan_key, plan_kernel(impl.engine, request, where)).first;
     }
     const KernelPlan& plan = cached->second;

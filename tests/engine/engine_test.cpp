@@ -45,17 +45,30 @@ int every_core() { return std::max(1, static_cast<int>(std::thread::hardware_con
 
 TEST(EngineThreading, ExplicitOptionsAreKept) {
     const ScopedEnvironment environment("KEEL_NUM_THREADS", "5");  // explicit values win
-    const Engine engine(ThreadingOptions{.intra_op_threads = 3,
-                                         .inter_op_concurrency = 2,
-                                         .max_concurrent_runs = 4,
-                                         .preference = ThreadingOptions::Preference::throughput});
+    const Engine engine(ThreadingOptions{.intra_op_threads = 3});
     EXPECT_EQ(engine.intra_op_threads(), 3);
     EXPECT_EQ(engine.threading().intra_op_threads, 3);
-    EXPECT_EQ(engine.threading().inter_op_concurrency, 2);
-    EXPECT_EQ(engine.threading().max_concurrent_runs, 4);
-    EXPECT_EQ(engine.threading().preference, ThreadingOptions::Preference::throughput);
+    EXPECT_EQ(engine.threading().inter_op_concurrency, 1);
+    EXPECT_EQ(engine.threading().max_concurrent_runs, 0);
+    EXPECT_EQ(engine.threading().preference, ThreadingOptions::Preference::latency);
     EXPECT_EQ(engine.state().arena.max_concurrency(), 3);
     EXPECT_EQ(engine.state().cpu.get_kind(), dnnl::engine::kind::cpu);
+}
+
+// The runtime's settings are refused until the graph runtime exists to honour them.
+TEST(EngineThreading, RuntimeSettingsOtherThanTheDefaultsAreRefused) {
+    for (const ThreadingOptions& options :
+         {ThreadingOptions{.intra_op_threads = 1, .inter_op_concurrency = 2},
+          ThreadingOptions{.intra_op_threads = 1, .max_concurrent_runs = 4},
+          ThreadingOptions{.intra_op_threads = 1,
+          .preference = ThreadingOptions::Preference::throughput}}) {
+        try {
+            Engine engine(options);
+            ADD_FAILURE() << "expected keel::Error";
+        } catch (const Error& error) {
+            EXPECT_EQ(error.category(), ErrorCategory::unsupported) << error.what();
+        }
+    }
 }
 
 TEST(EngineThreading, ZerosResolveFromTheEnvironment) {
@@ -114,14 +127,14 @@ TEST(Engine, CopiesShareState) {
 }
 
 TEST(Engine, DefaultEngineIsOneInstance) {
-    Engine& first = default_engine();
-    Engine& second = default_engine();
+    const Engine& first = default_engine();
+    const Engine& second = default_engine();
     EXPECT_EQ(&first, &second);
     EXPECT_GE(first.intra_op_threads(), 1);
 }
 
 TEST(Engine, DescribeNamesVersionsIsaThreadsAndBuildType) {
-    const Engine engine(ThreadingOptions{.intra_op_threads = 3, .inter_op_concurrency = 2});
+    const Engine engine(ThreadingOptions{.intra_op_threads = 3});
     const std::string text = engine.describe();
     const dnnl_version_t* onednn = dnnl::version();
     const std::string onednn_version = std::to_string(onednn->major) + "." +
@@ -132,7 +145,7 @@ TEST(Engine, DescribeNamesVersionsIsaThreadsAndBuildType) {
     EXPECT_NE(text.find("CPU ISA (detected by oneDNN): "), std::string::npos) << text;
     EXPECT_NE(text.find("native bf16 in oneDNN: "), std::string::npos) << text;
     EXPECT_NE(text.find("intra-op threads: 3\n"), std::string::npos) << text;
-    EXPECT_NE(text.find("inter-op concurrency: 2\n"), std::string::npos) << text;
+    EXPECT_NE(text.find("inter-op concurrency: 1\n"), std::string::npos) << text;
     EXPECT_NE(text.find("build type: "), std::string::npos) << text;
     EXPECT_EQ(text.find("unknown"), std::string::npos) << text;
 }

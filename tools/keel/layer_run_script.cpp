@@ -86,10 +86,22 @@ class ScriptReader {
 
   private:
     json parse(const std::string& text) const {
+        // nlohmann's parser, copies and dump() recurse per nesting level: a deeply nested script
+        // would overflow the stack. Real scripts nest a handful of levels.
+        constexpr int kMaxDepth = 64;
+        const json::parser_callback_t limit_depth = [&](int depth, json::parse_event_t, json&) {
+            if (depth > kMaxDepth) {
+                throw invalid_argument(
+                    "keel layer-run", "script", "'" + path_.string() + "'",
+                    "JSON nested at most " + std::to_string(kMaxDepth) + " levels deep");
+            }
+            return true;
+        };
         try {
             // Comments are allowed so that scripts can explain themselves.
-            return json::parse(text, nullptr, true, true);
-        } catch (const json::parse_error& error) {
+            return json::parse(text, limit_depth, true, true);
+        } catch (const json::exception& error) {
+            // Syntax errors, and numbers out of range (e.g. 1e400).
             throw invalid_argument("keel layer-run", "script", "'" + path_.string() + "'",
                                    std::string("well-formed JSON (") + error.what() + ")");
         }

@@ -6,6 +6,8 @@
 namespace keel {
 
 // How keel uses the machine's cores. One object holds the whole policy (docs/threading.md).
+// inter_op_concurrency, max_concurrent_runs and preference belong to the graph runtime; until it
+// exists, values other than their defaults are refused (keel::Error, unsupported).
 // oneDNN runs its primitives on OpenMP teams; keel's own kernels run on TBB inside the engine's
 // task_arena. Both use `intra_op_threads`, so a single operation never uses more cores than that.
 struct ThreadingOptions {
@@ -51,6 +53,6 @@ class Engine {
 };
 
 // A process-wide engine created on first use with ThreadingOptions::from_environment().
-Engine& default_engine();
+const Engine& default_engine();
 
 }  // namespace keel

@@ -10,6 +10,19 @@
 namespace keel::batch_normalization {
 namespace {
 
+// An integer JSON value that fits `Integer`; unsigned values above its range are not wrapped.
+template <typename Integer>
+bool fits(const nlohmann::json& value) {
+    if (value.is_number_unsigned()) {
+        return value.get<std::uint64_t>() <=
+               static_cast<std::uint64_t>(std::numeric_limits<Integer>::max());
+    }
+    if (!value.is_number_integer()) return false;
+    const auto number = value.get<std::int64_t>();
+    return number >= std::numeric_limits<Integer>::min() &&
+           number <= std::numeric_limits<Integer>::max();
+}
+
 std::string format_number(double value) {
     std::ostringstream text;
     text.precision(17);
@@ -158,6 +171,18 @@ ResolvedArguments resolve_arguments(const BatchNormalizationOptions& options,
                                    "a bound >= 0 (d is clipped to [-dmax, dmax])");
         }
     }
+    if (!options.batch_input_shape.is_null()) {
+        bool valid = options.batch_input_shape.is_array() &&
+                     options.batch_input_shape.size() <= static_cast<std::size_t>(kMaxRank);
+        for (const auto& dim : options.batch_input_shape) {
+            valid = valid &&
+                    (dim.is_null() || (fits<std::int64_t>(dim) && dim.get<std::int64_t>() >= 0));
+        }
+        if (!valid) {
+            throw invalid_argument(where, "batch_input_shape", options.batch_input_shape.dump(),
+                                   "null or a list of at most 8 ints >= 0 and nulls");
+        }
+    }
     resolved.compute_dtype = compute_dtype_from(options.dtype, where);
     return resolved;
 }
@@ -176,11 +201,10 @@ const nlohmann::json& checked(const nlohmann::json& config, const char* key,
 bool is_number(const nlohmann::json& value) { return value.is_number(); }
 bool is_boolean(const nlohmann::json& value) { return value.is_boolean(); }
 bool is_string(const nlohmann::json& value) { return value.is_string(); }
-bool is_integer(const nlohmann::json& value) { return value.is_number_integer(); }
 
+// The range against the input's rank is TF's build-time check; here only the type.
 int axis_value(const nlohmann::json& value) {
-    if (!value.is_number_integer() || value.get<std::int64_t>() < -kMaxRank - 1 ||
-        value.get<std::int64_t>() > kMaxRank) {
+    if (!fits<int>(value)) {
         throw invalid_argument(kWhere, "axis", value.dump(), "an int or a list of ints");
     }
     return value.get<int>();
@@ -214,16 +238,7 @@ BatchNormalizationOptions options_from_config(const nlohmann::json& config) {
         } else if (key == "dtype") {
             if (!value.is_null()) options.dtype = dtype_from_json(value);
         } else if (key == "batch_input_shape") {
-            if (!value.is_null() && !value.is_array()) {
-                throw invalid_argument(kWhere, key, value.dump(), "a list of ints and nulls");
-            }
-            for (const auto& dim : value) {
-                if (!dim.is_null() && !(dim.is_number_integer() && dim.get<std::int64_t>() >= 0)) {
-                    throw invalid_argument(kWhere, key, value.dump(),
-                                           "a list of ints >= 0 and nulls");
-                }
-            }
-            options.batch_input_shape = value;
+            options.batch_input_shape = value;  // checked by resolve_arguments
         } else if (key == "axis") {
             if (value.is_array()) {
                 std::vector<int> axes;
@@ -265,6 +280,13 @@ BatchNormalizationOptions options_from_config(const nlohmann::json& config) {
                                        "null or an object mapping rmin/rmax/dmax to numbers");
             }
             for (const auto& [bound, number] : value.items()) {
+                if (bound != "rmin" && bound != "rmax" && bound != "dmax") {
+                    // Kept so that resolve_arguments rejects it when renorm is on (TF checks the
+                    // keys whatever their values, and ignores the dictionary without renorm).
+                    options.renorm_clipping[bound] =
+                        number.is_number() ? number.get<double>() : 0.0;
+                    continue;
+                }
                 if (number.is_null()) continue;  // TF's .get(key) of None: no bound
                 if (!number.is_number()) {
                     throw invalid_argument(kWhere, "renorm_clipping['" + bound + "']",
@@ -282,9 +304,10 @@ BatchNormalizationOptions options_from_config(const nlohmann::json& config) {
             }
         } else if (key == "virtual_batch_size") {
             if (!value.is_null()) {
-                options.virtual_batch_size =
-                    checked(config, "virtual_batch_size", is_integer, "an integer or null")
-                        .get<std::int64_t>();
+                if (!fits<std::int64_t>(value)) {
+                    throw invalid_argument(kWhere, key, value.dump(), "an integer or null");
+                }
+                options.virtual_batch_size = value.get<std::int64_t>();
             }
         } else if (key == "behavior") {
             options.behavior = parse_behavior(

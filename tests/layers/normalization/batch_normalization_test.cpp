@@ -443,6 +443,41 @@ TEST(BatchNormalizationConfig, UnknownKeysAndWrongTypesAreErrors) {
         ErrorCategory::invalid_argument, "axis = \"last\"");
 }
 
+TEST(BatchNormalizationConfig, LargeUnsignedIntegersAreNotWrapped) {
+    // 2^64 − 1 would become −1 (the last axis) if read as a signed int.
+    expect_error(
+        [] {
+            BatchNormalization::from_config({{"axis", 18446744073709551615ULL}});
+        },
+        ErrorCategory::invalid_argument, "axis = 18446744073709551615");
+    expect_error(
+        [] {
+            BatchNormalization::from_config({{"virtual_batch_size", 18446744073709551615ULL}});
+        },
+        ErrorCategory::invalid_argument, "virtual_batch_size");
+}
+
+TEST(BatchNormalizationConfig, UnknownClippingKeyIsRejectedWhateverItsValue) {
+    const nlohmann::json config = {{"renorm", true}, {"renorm_clipping", {{"rmaxx", nullptr}}}};
+    expect_error([&] { BatchNormalization::from_config(config); }, ErrorCategory::invalid_argument,
+                 "'rmaxx'");
+}
+
+TEST(BatchNormalizationConfig, BatchInputShapeIsCheckedAndEnforced) {
+    BatchNormalizationOptions options;
+    options.batch_input_shape = {"a", 3};
+    expect_error([&] { BatchNormalization layer(options); }, ErrorCategory::invalid_argument,
+                 "batch_input_shape");
+    options.batch_input_shape = {nullptr, 3};
+    BatchNormalization layer(options);
+    expect_error(
+        [&] {
+            layer.call(Tensor::filled({2, 4}, 1.0f));
+        },
+        ErrorCategory::shape_mismatch, "batch_input_shape");
+    EXPECT_NO_THROW(layer.call(Tensor::filled({5, 3}, 1.0f)));
+}
+
 TEST(BatchNormalizationVariables, RegularizationLossesAndConstraints) {
     BatchNormalizationOptions options;
     options.gamma_regularizer = "l2";

@@ -130,6 +130,23 @@ TEST_F(LayerRun, MalformedJsonFailsAtScriptStage) {
     expect_failure(run(), "script");
 }
 
+// nlohmann's parser and copies recurse per level: without a depth limit this overflows the stack.
+TEST_F(LayerRun, DeeplyNestedJsonFailsAtScriptStageInsteadOfCrashing) {
+    const std::size_t depth = 200000;
+    write_text(directory_ / "script.json",
+               R"({"steps": )" + std::string(depth, '[') + std::string(depth, ']') + "}");
+    const json error = expect_failure(run(), "script");
+    EXPECT_NE(error.value("message", "").find("nested"), std::string::npos);
+}
+
+TEST_F(LayerRun, NumberOutOfRangeIsAnInvalidArgument) {
+    write_text(directory_ / "script.json",
+               R"({"layer": {"class_name": "BatchNormalization", "config": {"epsilon": 1e400}},)"
+               R"( "steps": [{"input": "x.npy"}]})");
+    const json error = expect_failure(run(), "script");
+    EXPECT_EQ(error.value("category", ""), "invalid_argument");
+}
+
 TEST_F(LayerRun, UnknownLayerClassFailsAtScriptStage) {
     write_batch();
     write_script(one_inference_step({{"class_name", "Dense"}, {"config", json::object()}}));
