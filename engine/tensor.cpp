@@ -80,7 +80,8 @@ std::size_t physical_memory_bytes() {
 // A request beyond the machine's physical memory is refused up front: with overcommit the
 // allocation would succeed and zero-filling it would end in the OOM killer, a signal instead of an
 // error the host can handle.
-std::shared_ptr<std::byte[]> allocate_aligned(std::size_t bytes, const Shape& shape, DType dtype) {
+std::shared_ptr<std::byte[]> allocate_aligned(std::size_t bytes, const Shape& shape, DType dtype,
+                                              bool zero_fill) {
     constexpr auto alignment = std::align_val_t{Tensor::kAlignment};
     const auto refuse = [&] {
         return invalid_argument("Tensor", "shape",
@@ -102,7 +103,7 @@ std::shared_ptr<std::byte[]> allocate_aligned(std::size_t bytes, const Shape& sh
     }
     std::shared_ptr<std::byte[]> storage(
         raw, [alignment](std::byte* pointer) { ::operator delete(pointer, alignment); });
-    std::memset(raw, 0, rounded);
+    if (zero_fill) std::memset(raw, 0, rounded);
     return storage;
 }
 
@@ -222,8 +223,16 @@ Tensor::Tensor() : Tensor(Shape{0}, DType::f32, nullptr, nullptr) {}
 Tensor::Tensor(Shape shape, DType dtype)
     : shape_(std::move(shape)), element_count_(keel::element_count(shape_)), dtype_(dtype) {
     storage_ = allocate_aligned(checked_byte_size(element_count_, dtype_, "Tensor", shape_), shape_,
-                                dtype_);
+                                dtype_, true);
     data_ = storage_.get();
+}
+
+Tensor Tensor::uninitialized(Shape shape, DType dtype) {
+    const std::int64_t count = keel::element_count(shape, "Tensor::uninitialized");
+    auto storage = allocate_aligned(checked_byte_size(count, dtype, "Tensor::uninitialized", shape),
+                                    shape, dtype, false);
+    void* data = storage.get();
+    return Tensor(std::move(shape), dtype, std::move(storage), data);
 }
 
 Tensor::Tensor(Shape shape, DType dtype, std::shared_ptr<std::byte[]> storage, void* data)

@@ -385,7 +385,7 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
     BatchNormalizationCallReport report;
     report.training = training;
     report.fused_semantics = impl.fused;
-    Tensor y(shape, dtype);
+    Tensor y = Tensor::uninitialized(shape, dtype);  // every element is written below
 
     if (x.empty()) {
         // keel's decision (spec §6i): an empty batch yields an empty output and changes nothing.

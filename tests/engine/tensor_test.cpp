@@ -266,3 +266,22 @@ TEST(Tensor, FilledSetsEveryElement) {
 
 }  // namespace
 }  // namespace keel
+
+namespace keel {
+namespace {
+
+// Outputs skip the zero fill; the tensor must still be a proper owning, aligned tensor.
+TEST(Tensor, UninitializedOwnsAlignedStorageOfTheRightSize) {
+    Tensor tensor = Tensor::uninitialized({3, 5}, DType::bf16);
+    EXPECT_EQ(tensor.shape(), (Shape{3, 5}));
+    EXPECT_EQ(tensor.dtype(), DType::bf16);
+    EXPECT_TRUE(tensor.owns_storage());
+    EXPECT_EQ(tensor.byte_size(), 30u);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(tensor.data()) % Tensor::kAlignment, 0u);
+    tensor.set(14, 2.5f);
+    EXPECT_EQ(tensor.get(14), 2.5f);
+    EXPECT_THROW(Tensor::uninitialized({-1}, DType::f32), Error);
+}
+
+}  // namespace
+}  // namespace keel

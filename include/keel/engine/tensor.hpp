@@ -36,6 +36,10 @@ class Tensor {
     // Owning, zero-filled.
     Tensor(Shape shape, DType dtype);
 
+    // Owning, contents unspecified: for outputs that are overwritten entirely, where zero-filling
+    // would cost a whole extra write pass over memory.
+    static Tensor uninitialized(Shape shape, DType dtype);
+
     // Non-owning view of `data` (not copied). `data` must hold element_count(shape) elements.
     static Tensor view(void* data, Shape shape, DType dtype);
     static Tensor view(const void* data, Shape shape, DType dtype);  // read-only by contract
