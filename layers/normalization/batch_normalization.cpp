@@ -516,45 +516,35 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
         }
     }
 
-    if (plan.path == KernelPath::onednn) {
-        // Only plain statistics reach oneDNN (no virtual batches, renorm or adjustment), so one
-        // group and r = 1, d = 0: oneDNN normalizes with the batch statistics as given.
-        std::vector<float> mean32(batch_mean.begin(), batch_mean.end());
-        std::vector<float> variance32(batch_variance.begin(), batch_variance.end());
-        run_onednn_inference(impl.engine, *plan.primitive, plan.onednn_request, x, mean32.data(),
-                             variance32.data(), options.scale ? gamma.data() : nullptr,
-                             options.center ? beta.data() : nullptr, y);
-    } else {
-        // Per statistic k = (group, parameter p):
-        //   without adjustment  y = (x − μ_k)·(inv_k·r·γ) + (d·γ + β)
-        //   with adjustment     u = (x − μ_k)·(inv_k·r) + d;  y = (u·adj_s + adj_b)·γ + β
-        const std::size_t statistics = batch_mean.size();
-        NormalizeCoefficients coefficients;
-        split_means(batch_mean, coefficients.mean_hi, coefficients.mean_lo);
-        coefficients.scale.resize(statistics);
-        coefficients.shift.resize(statistics);
-        if (adjustment) {
-            adjustment->outer_scale.resize(statistics);
-            adjustment->outer_shift.resize(statistics);
-        }
-        for (std::size_t k = 0; k < statistics; ++k) {
-            const std::size_t p = k % static_cast<std::size_t>(params);
-            const double inverse =
-                1.0 /
-                std::sqrt(static_cast<double>(static_cast<float>(batch_variance[k])) + epsilon32);
-            if (adjustment) {
-                coefficients.scale[k] = static_cast<float>(inverse * r[p]);
-                coefficients.shift[k] = d[p];
-                adjustment->outer_scale[k] = gamma[p];
-                adjustment->outer_shift[k] = beta[p];
-            } else {
-                coefficients.scale[k] = static_cast<float>(inverse * r[p] * gamma[p]);
-                coefficients.shift[k] =
-                    static_cast<float>(static_cast<double>(d[p]) * gamma[p] + beta[p]);
-            }
-        }
-        run_custom(coefficients);
+    // Training always runs on keel's kernels (plan.cpp says why).
+    // Per statistic k = (group, parameter p):
+    //   without adjustment  y = (x − μ_k)·(inv_k·r·γ) + (d·γ + β)
+    //   with adjustment     u = (x − μ_k)·(inv_k·r) + d;  y = (u·adj_s + adj_b)·γ + β
+    const std::size_t statistics = batch_mean.size();
+    NormalizeCoefficients coefficients;
+    split_means(batch_mean, coefficients.mean_hi, coefficients.mean_lo);
+    coefficients.scale.resize(statistics);
+    coefficients.shift.resize(statistics);
+    if (adjustment) {
+        adjustment->outer_scale.resize(statistics);
+        adjustment->outer_shift.resize(statistics);
     }
+    for (std::size_t k = 0; k < statistics; ++k) {
+        const std::size_t p = k % static_cast<std::size_t>(params);
+        const double inverse =
+            1.0 / std::sqrt(static_cast<double>(static_cast<float>(batch_variance[k])) + epsilon32);
+        if (adjustment) {
+            coefficients.scale[k] = static_cast<float>(inverse * r[p]);
+            coefficients.shift[k] = d[p];
+            adjustment->outer_scale[k] = gamma[p];
+            adjustment->outer_shift[k] = beta[p];
+        } else {
+            coefficients.scale[k] = static_cast<float>(inverse * r[p] * gamma[p]);
+            coefficients.shift[k] =
+                static_cast<float>(static_cast<double>(d[p]) * gamma[p] + beta[p]);
+        }
+    }
+    run_custom(coefficients);
 
     // Stage every variable update, then commit them together.
     StagedUpdates updates;

@@ -4,9 +4,8 @@
 // generic path: epsilon clamp, Bessel's correction) is made by the layer; this only picks the
 // implementation that computes those numbers fastest, trying candidates in order and logging
 // each refusal with its reason at debug level:
-//   1. oneDNN's JIT batch_normalization (channels-last data, plain statistics, f32/bf16) for the
-//      element-wise pass, with statistics from keel's moments kernel in training;
-//   2. keel's own vectorized kernels (every case);
+//   1. oneDNN's JIT batch_normalization for inference on channels-last f32/bf16 data;
+//   2. keel's own vectorized kernels (every case, and every training call: see plan.cpp);
 // and, with KEEL_FORCE_REFERENCE=1, the naive double-precision reference for everything.
 
 #include <memory>
