@@ -1,0 +1,377 @@
+#!/usr/bin/python3
+"""Turns keel_perf's Google Benchmark JSON into the perf report (docs/perf.md).
+
+  make_report.py RAW.json OUT_DIR
+
+writes OUT_DIR/results.json (one object per case), OUT_DIR/results.md (Markdown tables) and, when
+gnuplot is installed, OUT_DIR/results.png (GB/s per case against the bandwidth roof). Standard
+library only.
+
+Every figure of a case comes from the same run: its peers ran back to back, and its roof is the
+STREAM round measured just before its shape's group of cases (keel_perf re-measures bandwidth per
+group because it drifts between minutes).
+"""
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+PEERS = ("keel", "onednn", "naive", "torch")
+PEER_TITLES = {"keel": "keel", "onednn": "oneDNN", "naive": "loop", "torch": "PyTorch"}
+PLAIN_MODES = ("inference", "training")
+TIME_UNIT_TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
+# Repetitions whose times vary more than this (coefficient of variation) were disturbed (another
+# process took a core or bandwidth) or come from a peer whose own cost varies (page faults on a
+# fresh output, Python). Their figures are marked.
+NOISY_CV = 0.10
+
+RATIO_DEFINITIONS = {
+    "keel_over_onednn": "oneDNN-direct time / keel time: keel's speed relative to oneDNN called "
+    "directly (> 1: keel is faster)",
+    "naive_over_keel": "loop time / keel time: how many times longer the naive loop takes than "
+    "keel (> 1: keel is faster)",
+    "keel_over_torch": "PyTorch time / keel time (> 1: keel is faster)",
+    "keel_over_best": "fastest peer's time / keel time (target >= 0.97)",
+    "custom_over_plain": "custom modes (training_renorm, training_virtual_batch, "
+    "training_adjustment, training_multi_axis; keel only): their time / keel's plain training "
+    "time on the same tensor and threads (target <= 1.15)",
+    "fraction_of_stream": "achieved GB/s (minimal bytes) / roof GB/s; the roof is the faster of "
+    "ordinary and non-temporal stores of STREAM copy (inference) or triad (training) at the same "
+    "thread count, from the round measured just before the case",
+}
+
+
+def parse_name(run_name):
+    """'batch_normalization/shape:1x8/peer:keel/real_time' -> ('batch_normalization', {...})."""
+    parts = run_name.split("/")
+    fields = dict(part.split(":", 1) for part in parts[1:] if ":" in part)
+    return parts[0], fields
+
+
+def representative_runs(benchmarks):
+    """One entry per run_name: the median of repetitions when there are repetitions, else the
+    single run, with the repetitions' coefficient of variation as "cv" when known. Failed
+    benchmarks come back with their error message."""
+    chosen = {}
+    variation = {}
+    for entry in benchmarks:
+        name = entry.get("run_name", entry["name"])
+        if entry.get("error_occurred"):
+            chosen[name] = entry
+            continue
+        aggregate = entry.get("aggregate_name")
+        if aggregate is None:
+            if name not in chosen:
+                chosen[name] = entry
+        elif aggregate == "median":
+            chosen[name] = entry
+        elif aggregate == "cv":
+            variation[name] = entry["real_time"]
+    for name, cv in variation.items():
+        if name in chosen and not chosen[name].get("error_occurred"):
+            chosen[name] = dict(chosen[name], cv=cv)
+    return chosen
+
+
+def milliseconds(entry):
+    return entry["real_time"] * TIME_UNIT_TO_MS[entry["time_unit"]]
+
+
+def ratio(numerator, denominator):
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def collect(raw):
+    runs = representative_runs(raw["benchmarks"])
+    stream = {}  # (group, kernel, stores, threads) -> GB/s
+    cases = {}  # (shape, layout, dtype, mode, threads) -> {peer: entry}
+    failures = []
+    order = []
+    for name, entry in runs.items():
+        family, fields = parse_name(name)
+        if entry.get("error_occurred"):
+            failures.append({"benchmark": name, "error": entry.get("error_message", "")})
+            if family != "batch_normalization":
+                continue
+        if family == "stream":
+            key = (fields["group"], fields["kernel"], fields["stores"], int(fields["threads"]))
+            stream[key] = entry["bytes_per_second"] / 1e9
+        elif family == "batch_normalization":
+            key = (fields["shape"], fields["layout"], fields["dtype"], fields["mode"],
+                   int(fields["threads"]))
+            if key not in cases:
+                cases[key] = {}
+                order.append(key)
+            cases[key][fields["peer"]] = entry
+    return stream, cases, order, failures
+
+
+def roof_kernel(mode):
+    # Inference moves x once and y once, like STREAM copy; training reads x twice and writes y,
+    # like triad's two reads and one write.
+    return "copy" if mode == "inference" else "triad"
+
+
+def roof(stream, group, mode, threads):
+    kernel = roof_kernel(mode)
+    candidates = {stores: stream.get((group, kernel, stores, threads))
+                  for stores in ("ordinary", "nontemporal")}
+    measured = {stores: gbps for stores, gbps in candidates.items() if gbps is not None}
+    if not measured:
+        return None
+    stores = max(measured, key=measured.get)
+    return {"kernel": kernel, "stores": stores, "gbps": measured[stores],
+            "ordinary_gbps": candidates["ordinary"], "nontemporal_gbps": candidates["nontemporal"]}
+
+
+def tensor_shape(shape, layout):
+    dims = [int(d) for d in shape.split("x")]
+    if layout == "nchw":
+        return [dims[0], dims[3], dims[1], dims[2]]
+    return dims
+
+
+def build_case(key, peers, stream):
+    shape, layout, dtype, mode, threads = key
+    median_ms, gbps, labels, errors, variation = {}, {}, {}, {}, {}
+    minimal_bytes = None
+    for peer, entry in peers.items():
+        if entry.get("error_occurred"):
+            errors[peer] = entry.get("error_message", "")
+            continue
+        median_ms[peer] = milliseconds(entry)
+        gbps[peer] = entry["bytes_per_second"] / 1e9
+        labels[peer] = entry.get("label", "")
+        if "cv" in entry:
+            variation[peer] = entry["cv"]
+        minimal_bytes = int(entry["minimal_bytes"])
+    case_roof = roof(stream, shape, mode, threads)
+    fraction = {peer: ratio(value, case_roof["gbps"]) if case_roof else None
+                for peer, value in gbps.items()}
+    keel_ms = median_ms.get("keel")
+    others = [ms for peer, ms in median_ms.items() if peer != "keel"]
+    keel_label = labels.get("keel", "")
+    path, _, implementation = keel_label.partition(":")
+    return {
+        "case": f"{shape}/{layout}/{dtype}/{mode}",
+        "layout": layout,
+        "dtype": dtype,
+        "mode": mode,
+        "shape": tensor_shape(shape, layout),
+        "threads": threads,
+        "minimal_bytes": minimal_bytes,
+        "median_ms": median_ms,
+        "cv": variation,
+        "noisy": sorted(peer for peer, cv in variation.items() if cv > NOISY_CV),
+        "gbps": gbps,
+        "roof": case_roof,
+        "fraction_of_stream": fraction,
+        "keel_over_onednn": ratio(median_ms.get("onednn"), keel_ms),
+        "naive_over_keel": ratio(median_ms.get("naive"), keel_ms),
+        "keel_over_torch": ratio(median_ms.get("torch"), keel_ms),
+        "keel_over_best": ratio(min(others), keel_ms) if others else None,
+        "keel_path": path,
+        "keel_implementation": implementation,
+        "onednn_implementation": labels.get("onednn", ""),
+        "errors": errors,
+    }
+
+
+def add_custom_ratios(cases):
+    plain = {(c["case"].rsplit("/", 1)[0], c["threads"]): c["median_ms"].get("keel")
+             for c in cases if c["mode"] == "training"}
+    for case in cases:
+        if case["mode"] not in PLAIN_MODES:
+            base = plain.get((case["case"].rsplit("/", 1)[0], case["threads"]))
+            case["custom_over_plain"] = ratio(case["median_ms"].get("keel"), base)
+
+
+def number(value, digits=3):
+    if value is None:
+        return "–"
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    decimals = max(0, digits - 1 - magnitude)
+    return f"{value:.{decimals}f}"
+
+
+def markdown(report):
+    context = report["context"]
+    lines = [
+        "# keel perf report",
+        "",
+        f"Run {context.get('date', '?')} on {context.get('host_name', '?')}: "
+        f"{context.get('num_cpus', '?')} cores at {context.get('mhz_per_cpu', '?')} MHz, "
+        f"load average {', '.join(number(v, 2) for v in context.get('load_avg', []))} at start.",
+        "",
+        "Times are medians of repetitions after warm-up; GB/s count the minimal bytes (inference: "
+        "read x + write y; training: read x twice + write y). `vs X` = X's time / keel's time "
+        "(> 1: keel is faster). `roof` = the faster of ordinary and non-temporal stores of STREAM "
+        "copy (inference) or triad (training) at the same thread count, measured just before the "
+        "case's shape group. A time marked * comes from repetitions that vary by more than "
+        f"{NOISY_CV:.0%} (another process disturbed them, or the peer's own cost varies): read it "
+        "and its ratios with care.",
+        "",
+        "## Bandwidth roof (GB/s)",
+        "",
+        "| group | threads | copy | copy NT | triad | triad NT |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["stream"]:
+        lines.append(
+            f"| {row['group']} | {row['threads']} | {number(row['copy_ordinary'])} | "
+            f"{number(row['copy_nontemporal'])} | {number(row['triad_ordinary'])} | "
+            f"{number(row['triad_nontemporal'])} |")
+    lines += [
+        "",
+        "## BatchNormalization",
+        "",
+        "| case | thr | keel µs | oneDNN µs | loop µs | PyTorch µs | keel GB/s | roof GB/s | "
+        "keel/roof | vs oneDNN | vs loop | vs PyTorch | vs best | keel path |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    plain_cases = [case for case in report["cases"] if case["mode"] in PLAIN_MODES]
+    custom_cases = [case for case in report["cases"] if case["mode"] not in PLAIN_MODES]
+    for case in plain_cases:
+        ms = case["median_ms"]
+        micro = {peer: number(ms[peer] * 1e3) + ("*" if peer in case["noisy"] else "")
+                 if peer in ms else "–" for peer in PEERS}
+        roof_text = describe_roof(case["roof"])
+        best = case["keel_over_best"]
+        flag = " ⚠" if best is not None and best < 0.97 else ""
+        lines.append(
+            f"| {case['case']} | {case['threads']} | {micro['keel']} | "
+            f"{micro['onednn']} | {micro['naive']} | {micro['torch']} | "
+            f"{number(case['gbps'].get('keel'))} | {roof_text} | "
+            f"{number(case['fraction_of_stream'].get('keel'), 2)} | "
+            f"{number(case['keel_over_onednn'], 2)} | {number(case['naive_over_keel'], 2)} | "
+            f"{number(case['keel_over_torch'], 2)} | {number(best, 2)}{flag} | "
+            f"{case['keel_path']}: {case['keel_implementation']} |")
+    behind = [case for case in plain_cases
+              if case["keel_over_best"] is not None and case["keel_over_best"] < 0.97]
+    noisy = [case for case in report["cases"] if case["noisy"]]
+    lines += ["", f"keel is below 0.97x the fastest peer in {len(behind)} of "
+              f"{len(plain_cases)} cases (marked ⚠); {len(noisy)} cases have a varying (*) "
+              "figure."]
+    if custom_cases:
+        lines += [
+            "",
+            "## Custom path (keel only)",
+            "",
+            "`custom/plain` = this call's time / keel's plain training time on the same tensor "
+            "and threads (target <= 1.15).",
+            "",
+            "| case | thr | keel µs | custom/plain | keel GB/s | roof GB/s | keel/roof | keel path |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for case in custom_cases:
+            keel_ms = case["median_ms"].get("keel")
+            ratio_value = case.get("custom_over_plain")
+            flag = " ⚠" if ratio_value is not None and ratio_value > 1.15 else ""
+            mark = "*" if "keel" in case["noisy"] else ""
+            lines.append(
+                f"| {case['case']} | {case['threads']} | "
+                f"{number(keel_ms * 1e3 if keel_ms is not None else None)}{mark} | "
+                f"{number(ratio_value, 2)}{flag} | {number(case['gbps'].get('keel'))} | "
+                f"{describe_roof(case['roof'])} | "
+                f"{number(case['fraction_of_stream'].get('keel'), 2)} | "
+                f"{case['keel_path']}: {case['keel_implementation']} |")
+    if report["failures"]:
+        lines += ["", "## Failed benchmarks", ""]
+        lines += [f"- `{failure['benchmark']}`: {failure['error']}"
+                  for failure in report["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def describe_roof(case_roof):
+    if not case_roof:
+        return "–"
+    stores = " NT" if case_roof["stores"] == "nontemporal" else ""
+    return f"{number(case_roof['gbps'])} {case_roof['kernel']}{stores}"
+
+
+def stream_rows(stream):
+    rows = {}
+    for (group, kernel, stores, threads), gbps in stream.items():
+        row = rows.setdefault((group, threads), {"group": group, "threads": threads})
+        row[f"{kernel}_{stores}"] = gbps
+    for row in rows.values():
+        for column in ("copy_ordinary", "copy_nontemporal", "triad_ordinary", "triad_nontemporal"):
+            row.setdefault(column, None)
+    return list(rows.values())
+
+
+def plot(report, out_dir):
+    """results.png: GB/s of each peer per case, log scale, with each case's roof as a line."""
+    gnuplot = shutil.which("gnuplot")
+    if gnuplot is None:
+        print("make_report: gnuplot not found; no plot", file=sys.stderr)
+        return None
+    data = out_dir / "results.dat"
+    with data.open("w") as file:
+        file.write("# index label roof " + " ".join(PEERS) + "\n")
+        for index, case in enumerate(report["cases"]):
+            label = f"{case['case']}/t{case['threads']}".replace("_", "-")
+            values = [case["roof"]["gbps"] if case["roof"] else None]
+            values += [case["gbps"].get(peer) for peer in PEERS]
+            file.write(f"{index} \"{label}\" " + " ".join(
+                "NaN" if value is None else f"{value:.4f}" for value in values) + "\n")
+    png = out_dir / "results.png"
+    width = max(1200, 22 * len(report["cases"]) + 200)
+    columns = " ,\\\n     ".join(
+        f"'{data}' using 1:{column} with points pointtype {point} pointsize 1.3 "
+        f"title '{PEER_TITLES[peer]}'"
+        for column, peer, point in zip(range(4, 8), PEERS, (7, 5, 9, 11)))
+    script = f"""
+set terminal pngcairo size {width},900 font ',9'
+set output '{png}'
+set title 'BatchNormalization: GB/s (minimal bytes) per case vs the STREAM roof of its run'
+set ylabel 'GB/s'
+set logscale y
+set grid ytics
+set key outside top center horizontal
+set xtics rotate by 90 right font ',7'
+set bmargin 20
+set xrange [-1:{len(report['cases'])}]
+plot '{data}' using 1:3:xtic(2) with histeps linewidth 2 linecolor rgb '#888888' \\
+     title 'roof (STREAM copy / triad)', \\
+     {columns}
+"""
+    result = subprocess.run([gnuplot], input=script, text=True, capture_output=True)
+    if result.returncode != 0:
+        print(f"make_report: gnuplot failed: {result.stderr}", file=sys.stderr)
+        return None
+    return png
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("raw", type=Path, help="keel_perf --benchmark_out JSON")
+    parser.add_argument("out_dir", type=Path, help="where results.{json,md,png} go")
+    arguments = parser.parse_args()
+
+    raw = json.loads(arguments.raw.read_text())
+    stream, cases, order, failures = collect(raw)
+    report = {
+        "context": raw.get("context", {}),
+        "definitions": RATIO_DEFINITIONS,
+        "stream": stream_rows(stream),
+        "cases": [build_case(key, cases[key], stream) for key in order],
+        "failures": failures,
+    }
+    add_custom_ratios(report["cases"])
+    arguments.out_dir.mkdir(parents=True, exist_ok=True)
+    (arguments.out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (arguments.out_dir / "results.md").write_text(markdown(report))
+    plot(report, arguments.out_dir)
+
+
+if __name__ == "__main__":
+    main()
