@@ -416,8 +416,6 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
     request.geometry = geometry;
     request.dtype = dtype;
     request.training = training;
-    request.needs_custom_composition =
-        training && (options.renorm || virtual_batches || adjustment.has_value());
     request.with_adjustment = adjustment.has_value();
     request.use_scale = options.scale;
     request.use_shift = options.center;

@@ -239,6 +239,9 @@ def main():
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per keel run")
     parser.add_argument("--max-lines", type=int, default=8,
                         help="mismatching elements listed per array")
+    parser.add_argument("--out-name", default="out",
+                        help="folder inside each case for keel's outputs (lets variants of the "
+                             "same cases, e.g. one per kernel, run side by side)")
     arguments = parser.parse_args()
 
     if not os.access(arguments.keel, os.X_OK):
@@ -260,7 +263,8 @@ def main():
     runner = keel_runner(arguments.keel, arguments.timeout)
     passed = failed = 0
     for case_dir in selected:
-        report = check_case(runner, case_dir, arguments.max_lines)
+        report = check_case(runner, case_dir, arguments.max_lines,
+                            os.path.join(case_dir, arguments.out_name))
         if report.failures:
             failed += 1
             print(f"FAIL {report.name}")

@@ -2,11 +2,14 @@
 
 // Internal: which kernel computes a BatchNormalization call. The semantic decision (TF's fused or
 // generic path: epsilon clamp, Bessel's correction) is made by the layer; this only picks the
-// implementation that computes those numbers fastest, trying candidates in order and logging
-// each refusal with its reason at debug level:
-//   1. oneDNN's JIT batch_normalization for inference on channels-last f32/bf16 data;
-//   2. keel's own vectorized kernels (every case, and every training call: see plan.cpp);
-// and, with KEEL_FORCE_REFERENCE=1, the naive double-precision reference for everything.
+// implementation that computes those numbers, from the candidates in the order the perf suite
+// ranked them, logging each refusal with its reason at debug level:
+//   1. keel's own vectorized kernels: every case. They beat oneDNN's batch norm on every perf-suite
+//      case, in inference as in training (plan.cpp has the figures);
+//   2. oneDNN's JIT batch_normalization: inference on channels-last f32/bf16 data;
+//   3. the naive double-precision reference.
+// KEEL_BATCH_NORMALIZATION_KERNEL=onednn or =reference moves that candidate first, so the perf
+// suite and the golden tests can measure and check each one through the layer.
 
 #include <memory>
 #include <string>
@@ -21,11 +24,9 @@ namespace keel::batch_normalization {
 enum class KernelPath { onednn, custom, reference };
 
 struct PlanRequest {
-    ReductionGeometry geometry;  // of the statistics the kernel computes or applies
-    DType dtype = DType::f32;    // data dtype (input and output)
-    bool training = false;       // batch statistics are computed
-    // Training needs more than mean/variance + γ/β (renorm, virtual batches, adjustment).
-    bool needs_custom_composition = false;
+    ReductionGeometry geometry;    // of the statistics the kernel computes or applies
+    DType dtype = DType::f32;      // data dtype (input and output)
+    bool training = false;         // batch statistics are computed
     bool with_adjustment = false;  // Keras' adjustment is applied element-wise
     bool use_scale = false;
     bool use_shift = false;
@@ -43,8 +44,9 @@ struct KernelPlan {
 // Returns the first candidate that accepts `request`. `where` names the layer in log lines.
 KernelPlan plan_kernel(const Engine& engine, const PlanRequest& request, const std::string& where);
 
-// True when KEEL_FORCE_REFERENCE is set to 1 in the environment (read once).
-bool reference_forced();
+// The candidate KEEL_BATCH_NORMALIZATION_KERNEL puts first ("custom" when unset; read once).
+// Any other value than custom, onednn or reference is a keel::Error naming the variable.
+KernelPath preferred_kernel();
 
 std::string_view path_name(KernelPath path) noexcept;
 

@@ -1,7 +1,8 @@
 #pragma once
 
 // Internal: the naive double-precision path. It stays naive on purpose: tests check every
-// optimized kernel against it, and KEEL_FORCE_REFERENCE=1 routes whole layers through it.
+// optimized kernel against it, and KEEL_BATCH_NORMALIZATION_KERNEL=reference routes whole layers
+// through it.
 
 #include <keel/engine/tensor.hpp>
 
