@@ -9,12 +9,16 @@
 #include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include <keel/engine/engine.hpp>
+#include <keel/engine/error.hpp>
 #include <keel/engine/tensor.hpp>
 
 #include "layers/normalization/batch_normalization/kernels/geometry.hpp"
@@ -118,6 +122,16 @@ inline double ulp_of(DType dtype, double value) {
     int exponent = magnitude > 0.0 ? std::ilogb(magnitude) : min_exponent;
     if (exponent < min_exponent) exponent = min_exponent;
     return std::ldexp(1.0, exponent - mantissa_bits);
+}
+
+// Expects `call` to throw a keel::Error of `category`.
+inline void expect_error(ErrorCategory category, const std::function<void()>& call) {
+    try {
+        call();
+        ADD_FAILURE() << "no keel::Error thrown";
+    } catch (const Error& error) {
+        EXPECT_EQ(error.category(), category) << error.what();
+    }
 }
 
 }  // namespace keel::batch_normalization::kernel_testing

@@ -21,6 +21,7 @@ namespace {
 using kernel_testing::compiled_targets;
 using kernel_testing::describe;
 using kernel_testing::engine_with_threads;
+using kernel_testing::expect_error;
 using kernel_testing::GeometryCase;
 using kernel_testing::kEpsilon32;
 using kernel_testing::kEpsilon64;
@@ -366,15 +367,6 @@ TEST(Moments, EmptyInputWithoutStatisticsGivesNoMoments) {
         compute_moments(engine_with_threads(1), Tensor({0, 4}, DType::f32), geometry);
     EXPECT_TRUE(moments.mean.empty());
     EXPECT_TRUE(moments.variance.empty());
-}
-
-void expect_error(ErrorCategory category, const std::function<void()>& call) {
-    try {
-        call();
-        ADD_FAILURE() << "no keel::Error thrown";
-    } catch (const Error& error) {
-        EXPECT_EQ(error.category(), category) << error.what();
-    }
 }
 
 TEST(Moments, RejectsWhatItCannotReduce) {

@@ -23,6 +23,7 @@ namespace {
 using kernel_testing::compiled_targets;
 using kernel_testing::describe;
 using kernel_testing::engine_with_threads;
+using kernel_testing::expect_error;
 using kernel_testing::GeometryCase;
 using kernel_testing::kEpsilon32;
 using kernel_testing::random_tensor;
@@ -409,15 +410,6 @@ TEST(Normalize, EmptyTensorsWriteNothing) {
     normalize(engine_with_threads(1), Tensor({0, 4}, DType::f32), geometry, coefficients, nullptr,
               y);
     EXPECT_EQ(y.element_count(), 0);
-}
-
-void expect_error(ErrorCategory category, const std::function<void()>& call) {
-    try {
-        call();
-        ADD_FAILURE() << "no keel::Error thrown";
-    } catch (const Error& error) {
-        EXPECT_EQ(error.category(), category) << error.what();
-    }
 }
 
 TEST(Normalize, RejectsInconsistentArguments) {
