@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
 
 // The subcommands of the `keel` tool. main.cpp only parses the command line; each command lives in
 // its own file and returns the process exit status.
@@ -30,5 +31,21 @@ struct DemoArguments {
     std::uint64_t seed = 42;
 };
 int run_demo(const DemoArguments& arguments);
+
+// `keel bench --config FILE --shape 32,56,56,64 ...`: times one BatchNormalization configuration
+// and prints one JSON object as the last line of stdout (README, "keel bench"). Every value stays
+// text until run_bench validates it, so that every bad argument exits with kBenchFailed.
+struct BenchArguments {
+    std::filesystem::path config;
+    std::string shape;
+    std::string training = "0";
+    // Empty = the config's dtype (float32 when it has none).
+    std::string dtype;
+    std::string repeat = "20";
+    // Empty = KEEL_NUM_THREADS, else every core.
+    std::string threads;
+};
+inline constexpr int kBenchFailed = 2;
+int run_bench(const BenchArguments& arguments);
 
 }  // namespace keel::cli

@@ -12,7 +12,7 @@
 namespace {
 
 // Runs one subcommand so that no exception ever escapes main: the tool reports and exits with 1
-// instead of terminating (layer-run catches everything itself and exits with 2).
+// instead of terminating (layer-run and bench catch everything themselves and exit with 2).
 template <typename Command>
 int guarded(Command&& command) {
     try {
@@ -73,6 +73,23 @@ int main(int argc, char** argv) {
     demo->add_option("--seed", demo_arguments.seed, "Seed of the random input")
         ->capture_default_str();
 
+    keel::cli::BenchArguments bench_arguments;
+    CLI::App* bench = app.add_subcommand(
+        "bench",
+        "Time one BatchNormalization configuration; the last line of stdout is a JSON object "
+        "(exit status 2 and a message on stderr on any error)");
+    bench->add_option("--config", bench_arguments.config,
+                      "JSON file: {\"class_name\": \"BatchNormalization\", \"config\": {...}} or "
+                      "the bare config");
+    bench->add_option("--shape", bench_arguments.shape, "Input shape, e.g. 32,56,56,64");
+    bench->add_option("--training", bench_arguments.training, "1: training call, 0: inference")
+        ->capture_default_str();
+    bench->add_option("--dtype", bench_arguments.dtype,
+                      "f32|bf16|f16 (or float32|bfloat16|float16); default: the config's dtype");
+    bench->add_option("--repeat", bench_arguments.repeat, "Timed calls")->capture_default_str();
+    bench->add_option("--threads", bench_arguments.threads,
+                      "Threads; default: KEEL_NUM_THREADS, else every core");
+
     CLI11_PARSE(app, argc, argv);
 
     if (*info) {
@@ -83,6 +100,9 @@ int main(int argc, char** argv) {
     }
     if (*demo) {
         return guarded([&] { return keel::cli::run_demo(demo_arguments); });
+    }
+    if (*bench) {
+        return guarded([&] { return keel::cli::run_bench(bench_arguments); });
     }
     return 1;
 }
