@@ -25,6 +25,7 @@
 #include <keel/layers/normalization/batch_normalization.hpp>
 
 #include "commands.hpp"
+#include "json_file.hpp"
 
 namespace keel::cli {
 namespace {
@@ -41,10 +42,6 @@ constexpr std::uint64_t kInputSeed = 42;
 // second runs the steady state once, so the thread team is awake and the pages are mapped before
 // timing starts.
 constexpr int kWarmUpCalls = 2;
-
-// A layer config nests a few levels; a hostile file nested much deeper would overflow the stack of
-// nlohmann's recursive parser.
-constexpr int kMaxJsonDepth = 64;
 
 std::optional<std::int64_t> parse_integer(std::string_view text) {
     std::int64_t value = 0;
@@ -98,53 +95,10 @@ Shape parse_shape(const std::string& text) {
     return shape;
 }
 
-std::string read_config_file(const std::filesystem::path& path) {
-    const auto unreadable = [&](std::string_view problem) {
-        return invalid_argument(kWhere, "--config",
-                                "'" + path.string() + "' (" + std::string(problem) + ")",
-                                "a readable JSON file");
-    };
-    std::error_code status;
-    if (!std::filesystem::is_regular_file(path, status)) {
-        throw unreadable(std::filesystem::exists(path, status) ? "not a regular file"
-                                                               : "no such file");
-    }
-    const std::uintmax_t size = std::filesystem::file_size(path, status);
-    std::ifstream stream(path, std::ios::binary);
-    if (status || !stream.is_open()) {
-        throw unreadable("cannot be opened");
-    }
-    std::string text(static_cast<std::size_t>(size), '\0');
-    stream.read(text.data(), static_cast<std::streamsize>(text.size()));
-    if (stream.gcount() != static_cast<std::streamsize>(text.size())) {
-        throw unreadable("read error");
-    }
-    return text;
-}
-
-nlohmann::json parse_config_json(const std::filesystem::path& path) {
-    const nlohmann::json::parser_callback_t limit_depth =
-        [&](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
-            if (depth > kMaxJsonDepth) {
-                throw invalid_argument(
-                    kWhere, "--config", "'" + path.string() + "'",
-                    "JSON nested at most " + std::to_string(kMaxJsonDepth) + " levels deep");
-            }
-            return true;
-        };
-    try {
-        // Comments are allowed, as in layer-run scripts.
-        return nlohmann::json::parse(read_config_file(path), limit_depth, true, true);
-    } catch (const nlohmann::json::exception& error) {
-        throw invalid_argument(kWhere, "--config", "'" + path.string() + "'",
-                               std::string("well-formed JSON (") + error.what() + ")");
-    }
-}
-
 // The layer's config from FILE: {"class_name": "BatchNormalization", "config": {...}} or the bare
 // config object (which, being a config, never has a "class_name" key).
 nlohmann::json load_layer_config(const std::filesystem::path& path) {
-    const nlohmann::json root = parse_config_json(path);
+    const nlohmann::json root = read_json_file(path, kWhere, "--config");
     const std::string where = std::string(kWhere) + " config '" + path.string() + "'";
     if (!root.is_object()) {
         throw invalid_argument(where, "(top level)", root.dump().substr(0, 80), "a JSON object");

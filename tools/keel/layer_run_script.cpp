@@ -11,6 +11,8 @@
 #include <keel/engine/npy.hpp>
 #include <keel/layers/normalization/batch_normalization.hpp>
 
+#include "json_file.hpp"
+
 namespace keel::cli {
 
 bool LayerRunScript::uses_adjustment() const {
@@ -34,30 +36,6 @@ std::string quote(const json& value) {
     return text;
 }
 
-std::string read_text_file(const std::filesystem::path& path) {
-    const auto unreadable = [&](std::string_view problem) {
-        return invalid_argument("keel layer-run", "script",
-                                "'" + path.string() + "' (" + std::string(problem) + ")",
-                                "a readable JSON file");
-    };
-    std::error_code status;
-    if (!std::filesystem::is_regular_file(path, status)) {
-        throw unreadable(std::filesystem::exists(path, status) ? "not a regular file"
-                                                               : "no such file");
-    }
-    const std::uintmax_t size = std::filesystem::file_size(path, status);
-    std::ifstream stream(path, std::ios::binary);
-    if (status || !stream.is_open()) {
-        throw unreadable("cannot be opened");
-    }
-    std::string text(static_cast<std::size_t>(size), '\0');
-    stream.read(text.data(), static_cast<std::streamsize>(text.size()));
-    if (stream.gcount() != static_cast<std::streamsize>(text.size())) {
-        throw unreadable("read error");
-    }
-    return text;
-}
-
 // Walks the script's JSON and turns every problem into a keel::Error that names the offending key
 // by its path in the script ("steps[1].adjustment.scale").
 class ScriptReader {
@@ -66,7 +44,7 @@ class ScriptReader {
         : path_(std::move(path)), where_("layer-run script '" + path_.string() + "'") {}
 
     LayerRunScript read() {
-        const json root = parse(read_text_file(path_));
+        const json root = read_json_file(path_, "keel layer-run", "script");
         expect_type(root, json::value_t::object, "(top level)", "a JSON object");
         reject_unknown_keys(root, {"layer", "behavior", "input_dtype", "variables", "steps"}, "");
 
@@ -85,28 +63,6 @@ class ScriptReader {
     }
 
   private:
-    json parse(const std::string& text) const {
-        // nlohmann's parser, copies and dump() recurse per nesting level: a deeply nested script
-        // would overflow the stack. Real scripts nest a handful of levels.
-        constexpr int kMaxDepth = 64;
-        const json::parser_callback_t limit_depth = [&](int depth, json::parse_event_t, json&) {
-            if (depth > kMaxDepth) {
-                throw invalid_argument(
-                    "keel layer-run", "script", "'" + path_.string() + "'",
-                    "JSON nested at most " + std::to_string(kMaxDepth) + " levels deep");
-            }
-            return true;
-        };
-        try {
-            // Comments are allowed so that scripts can explain themselves.
-            return json::parse(text, limit_depth, true, true);
-        } catch (const json::exception& error) {
-            // Syntax errors, and numbers out of range (e.g. 1e400).
-            throw invalid_argument("keel layer-run", "script", "'" + path_.string() + "'",
-                                   std::string("well-formed JSON (") + error.what() + ")");
-        }
-    }
-
     [[noreturn]] void fail(std::string_view argument, const json& value,
                            std::string_view expected) const {
         throw invalid_argument(where_, argument, quote(value), expected);
