@@ -15,34 +15,87 @@
 
 namespace keel {
 
-struct Layer::Variable {
+struct Layer::Definition {
     std::string name;
-    Tensor value;
+    Shape shape;
     bool trainable = false;
     std::shared_ptr<const keras::Regularizer> regularizer;
     std::shared_ptr<const keras::Constraint> constraint;
 };
 
-Layer::Layer(std::string name, bool trainable) : name_(std::move(name)), trainable_(trainable) {}
+struct Layer::State {
+    std::vector<Definition> definitions;
+    // Values created by add_variable during build, published when build succeeds.
+    std::vector<Tensor> building;
+    std::atomic<VariableSnapshot> current{std::make_shared<const std::vector<Tensor>>()};
+    // Serializes writers (commits, set_variable, constraints); readers only load `current`.
+    std::mutex write_mutex;
+
+    std::size_t find(std::string_view name, const std::string& where) const {
+        for (std::size_t i = 0; i < definitions.size(); ++i) {
+            if (definitions[i].name == name) return i;
+        }
+        std::string known;
+        for (const auto& definition : definitions) {
+            known += (known.empty() ? "" : ", ") + definition.name;
+        }
+        throw invalid_argument(where, "variable", std::string(name),
+                               known.empty()
+                                   ? std::string("a built layer (it has no variables yet)")
+                                   : "one of: " + known);
+    }
+};
+
+Layer::Layer(std::string name, bool trainable)
+    : name_(std::move(name)), trainable_(trainable), state_(std::make_unique<State>()) {}
 
 Layer::~Layer() = default;
 
 std::string Layer::describe() const { return class_name() + " '" + name_ + "'"; }
 
-void Layer::build(const Shape& input_shape) {
+void Layer::expect_input_count(std::size_t given, std::size_t count) const {
+    if (given != count) {
+        throw invalid_argument(describe(), "inputs", std::to_string(given) + " tensors",
+                               std::to_string(count) + (count == 1 ? " tensor" : " tensors"));
+    }
+}
+
+void Layer::build(std::span<const Shape> input_shapes) {
     if (built_) {
-        throw invalid_argument(describe(), "build", shape_to_string(input_shape),
+        std::string shapes;
+        for (const Shape& shape : input_shapes) {
+            shapes += (shapes.empty() ? "" : ", ") + shape_to_string(shape);
+        }
+        throw invalid_argument(describe(), "build", shapes,
                                "a layer that is not built yet (it was built before)");
     }
     // A throwing build leaves the layer unbuilt and without variables, so it can be built again.
-    variables_.clear();
+    state_->definitions.clear();
+    state_->building.clear();
     try {
-        build_variables(input_shape);
+        build_variables(input_shapes);
     } catch (...) {
-        variables_.clear();
+        state_->definitions.clear();
+        state_->building.clear();
         throw;
     }
+    state_->current.store(std::make_shared<const std::vector<Tensor>>(std::move(state_->building)));
+    state_->building.clear();
     built_ = true;
+}
+
+Tensor Layer::call(std::span<const Tensor> inputs, const CallOptions& options) {
+    if (!built_) {
+        std::vector<Shape> shapes;
+        for (const Tensor& input : inputs) shapes.push_back(input.shape());
+        build(shapes);
+    }
+    const VariableSnapshot snapshot = variables_snapshot();
+    std::vector<VariableUpdate> updates;
+    const ForwardContext context{inputs, *snapshot, options.training.value_or(false), updates};
+    Tensor output = forward(context);
+    if (!updates.empty()) commit_updates(updates);
+    return output;
 }
 
 void Layer::add_variable(std::string name, const Shape& shape,
@@ -56,83 +109,112 @@ void Layer::add_variable(std::string name, const Shape& shape,
     }
     Tensor value = (*initializer)(shape, where);
     if (value.dtype() != DType::f32) value = value.to(DType::f32);
-    auto variable = std::make_unique<Variable>();
-    variable->name = std::move(name);
-    variable->value = std::move(value);
-    variable->trainable = trainable;
-    variable->regularizer = std::move(regularizer);
-    variable->constraint = std::move(constraint);
-    variables_.push_back(std::move(variable));
-}
-
-Layer::Variable& Layer::find(std::string_view name) const {
-    for (const auto& variable : variables_) {
-        if (variable->name == name) return *variable;
-    }
-    std::string known;
-    for (const auto& variable : variables_) {
-        known += (known.empty() ? "" : ", ") + variable->name;
-    }
-    throw invalid_argument(describe(), "variable", std::string(name),
-                           known.empty() ? std::string("a built layer (it has no variables yet)")
-                                         : "one of: " + known);
+    state_->definitions.push_back(Definition{std::move(name), shape, trainable,
+                                             std::move(regularizer), std::move(constraint)});
+    state_->building.push_back(std::move(value));
 }
 
 std::vector<std::string> Layer::variable_names() const {
     std::vector<std::string> names;
-    for (const auto& variable : variables_) names.push_back(variable->name);
+    for (const auto& definition : state_->definitions) names.push_back(definition.name);
     return names;
 }
 
 std::vector<std::string> Layer::trainable_variable_names() const {
     std::vector<std::string> names;
     if (!trainable_) return names;  // Keras excludes every weight of a frozen layer
-    for (const auto& variable : variables_) {
-        if (variable->trainable) names.push_back(variable->name);
+    for (const auto& definition : state_->definitions) {
+        if (definition.trainable) names.push_back(definition.name);
     }
     return names;
 }
 
 bool Layer::has_variable(std::string_view name) const {
-    return std::any_of(variables_.begin(), variables_.end(),
-                       [&](const auto& variable) { return variable->name == name; });
+    return std::any_of(state_->definitions.begin(), state_->definitions.end(),
+                       [&](const Definition& definition) { return definition.name == name; });
 }
 
-const Tensor& Layer::variable(std::string_view name) const { return find(name).value; }
+std::size_t Layer::variable_index(std::string_view name) const {
+    return state_->find(name, describe());
+}
+
+Tensor Layer::variable(std::string_view name) const {
+    const std::size_t index = variable_index(name);
+    return (*variables_snapshot())[index];
+}
+
+VariableSnapshot Layer::variables_snapshot() const { return state_->current.load(); }
 
 void Layer::set_variable(std::string_view name, const Tensor& value) {
-    Variable& variable = find(name);
-    if (value.shape() != variable.value.shape()) {
-        throw shape_mismatch(describe(), "variable '" + variable.name + "' shape",
-                             shape_to_string(value.shape()),
-                             shape_to_string(variable.value.shape()));
+    const std::size_t index = variable_index(name);
+    const Definition& definition = state_->definitions[index];
+    if (value.shape() != definition.shape) {
+        throw shape_mismatch(describe(), "variable '" + definition.name + "' shape",
+                             shape_to_string(value.shape()), shape_to_string(definition.shape));
     }
-    variable.value = value.dtype() == DType::f32 ? value.clone() : value.to(DType::f32);
+    Tensor converted = value.dtype() == DType::f32 ? value.clone() : value.to(DType::f32);
+    std::lock_guard lock(state_->write_mutex);
+    auto next = std::make_shared<std::vector<Tensor>>(*state_->current.load());
+    (*next)[index] = std::move(converted);
+    state_->current.store(std::move(next));
 }
 
-void Layer::assign_variable(std::string_view name, Tensor value) {
-    find(name).value = std::move(value);
+namespace {
+
+Tensor moving_average(const Tensor& variable, const Tensor& value, float decay) {
+    Tensor result = Tensor::uninitialized(variable.shape(), DType::f32);
+    const float* v = variable.data_as<float>();
+    const float* x = value.data_as<float>();
+    float* out = result.data_as<float>();
+    for (std::int64_t i = 0; i < variable.element_count(); ++i) {
+        const float difference = v[i] - x[i];
+        const float delta = difference * decay;
+        out[i] = v[i] - delta;
+    }
+    return result;
+}
+
+}  // namespace
+
+void Layer::commit_updates(std::span<const VariableUpdate> updates) {
+    std::lock_guard lock(state_->write_mutex);
+    auto next = std::make_shared<std::vector<Tensor>>(*state_->current.load());
+    for (const VariableUpdate& update : updates) {
+        Tensor& target = next->at(update.variable);
+        if (update.value.shape() != target.shape() || update.value.dtype() != DType::f32) {
+            throw internal_error(describe(), "staged update of variable '" +
+                                                 state_->definitions[update.variable].name +
+                                                 "' does not match its shape");
+        }
+        target = update.kind == VariableUpdate::Kind::assign
+                     ? update.value
+                     : moving_average(target, update.value, update.decay);
+    }
+    state_->current.store(std::move(next));
 }
 
 std::vector<double> Layer::regularization_losses() const {
     std::vector<double> losses;
-    for (const auto& variable : variables_) {
-        if (variable->regularizer) losses.push_back((*variable->regularizer)(variable->value));
+    const VariableSnapshot values = variables_snapshot();
+    for (std::size_t i = 0; i < state_->definitions.size(); ++i) {
+        const auto& regularizer = state_->definitions[i].regularizer;
+        if (regularizer) losses.push_back((*regularizer)((*values)[i]));
     }
     return losses;
 }
 
 void Layer::apply_constraints() {
-    // Project into temporaries first so a throwing constraint changes nothing.
-    std::vector<std::pair<Variable*, Tensor>> projected;
-    for (const auto& variable : variables_) {
-        if (variable->constraint) {
-            projected.emplace_back(variable.get(), (*variable->constraint)(
-                                                       variable->value, describe() + " variable '" +
-                                                                            variable->name + "'"));
+    std::lock_guard lock(state_->write_mutex);
+    auto next = std::make_shared<std::vector<Tensor>>(*state_->current.load());
+    // Project into the copy so a throwing constraint changes nothing.
+    for (std::size_t i = 0; i < state_->definitions.size(); ++i) {
+        const Definition& definition = state_->definitions[i];
+        if (definition.constraint) {
+            (*next)[i] = (*definition.constraint)(
+                (*next)[i], describe() + " variable '" + definition.name + "'");
         }
     }
-    for (auto& [variable, value] : projected) variable->value = std::move(value);
+    state_->current.store(std::move(next));
 }
 
 std::string unique_layer_name(std::string_view base) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <mutex>
 #include <numeric>
 #include <set>
 
@@ -91,10 +92,22 @@ struct BatchNormalization::Impl {
     Shape param_shape;
     std::int64_t param_count = 0;
 
-    BatchNormalizationCallReport report;
-    Tensor renorm_r;
-    Tensor renorm_d;
-    std::map<std::pair<Shape, bool>, KernelPlan> plans;
+    // Variable indices in creation order (set by build; gamma/beta absent without scale/center).
+    std::optional<std::size_t> gamma_index;
+    std::optional<std::size_t> beta_index;
+    std::size_t moving_mean_index = 0;
+    std::size_t moving_variance_index = 0;
+    std::size_t moving_stddev_index = 0;
+    std::size_t renorm_mean_index = 0;
+    std::size_t renorm_stddev_index = 0;
+
+    // What concurrent runs share besides the configuration: the kernel plans per (shape, mode)
+    // and the diagnostics of the last call. Guarded because forward() is const and reentrant.
+    mutable std::mutex mutex;
+    mutable std::map<std::pair<Shape, bool>, std::shared_ptr<const KernelPlan>> plans;
+    mutable BatchNormalizationCallReport report;
+    mutable Tensor renorm_r;
+    mutable Tensor renorm_d;
 
     bool behavior_is(BatchNormalizationBehavior behavior) const {
         return options.behavior == behavior;
@@ -122,8 +135,15 @@ nlohmann::json BatchNormalization::get_config() const {
     return config_from_options(impl_->options, impl_->resolved);
 }
 
-Shape BatchNormalization::compute_output_shape(const Shape& input_shape) const {
-    return input_shape;
+Shape BatchNormalization::infer_output_shape(std::span<const Shape> input_shapes) const {
+    expect_input_count(input_shapes.size(), 1);
+    return input_shapes[0];
+}
+
+bool BatchNormalization::training_updates_commute() const noexcept {
+    // Renorm's updates are computed from the renorm statistics the run read (r and d depend on
+    // them), so they are assignments that only compose when training runs do not overlap.
+    return !impl_->options.renorm;
 }
 
 const BatchNormalizationOptions& BatchNormalization::options() const noexcept {
@@ -132,13 +152,22 @@ const BatchNormalizationOptions& BatchNormalization::options() const noexcept {
 DType BatchNormalization::compute_dtype() const noexcept { return impl_->resolved.compute_dtype; }
 const std::vector<int>& BatchNormalization::axes() const { return impl_->axes; }
 bool BatchNormalization::fused() const noexcept { return impl_->fused; }
-const BatchNormalizationCallReport& BatchNormalization::last_call_report() const noexcept {
+BatchNormalizationCallReport BatchNormalization::last_call_report() const {
+    std::lock_guard lock(impl_->mutex);
     return impl_->report;
 }
-const Tensor& BatchNormalization::last_renorm_r() const noexcept { return impl_->renorm_r; }
-const Tensor& BatchNormalization::last_renorm_d() const noexcept { return impl_->renorm_d; }
+Tensor BatchNormalization::last_renorm_r() const {
+    std::lock_guard lock(impl_->mutex);
+    return impl_->renorm_r;
+}
+Tensor BatchNormalization::last_renorm_d() const {
+    std::lock_guard lock(impl_->mutex);
+    return impl_->renorm_d;
+}
 
-void BatchNormalization::build_variables(const Shape& input_shape) {
+void BatchNormalization::build_variables(std::span<const Shape> input_shapes) {
+    expect_input_count(input_shapes.size(), 1);
+    const Shape& input_shape = input_shapes[0];
     const Impl& impl = *impl_;
     const BatchNormalizationOptions& options = impl.options;
     const std::string where = describe();
@@ -149,7 +178,8 @@ void BatchNormalization::build_variables(const Shape& input_shape) {
         bool matches = static_cast<int>(options.batch_input_shape.size()) == rank;
         for (int i = 0; matches && i < rank; ++i) {
             const auto& declared = options.batch_input_shape[static_cast<std::size_t>(i)];
-            matches = declared.is_null() || declared.get<std::int64_t>() == input_shape[i];
+            matches = declared.is_null() || input_shape[i] < 0 ||
+                      declared.get<std::int64_t>() == input_shape[i];
         }
         if (!matches) {
             throw shape_mismatch(
@@ -176,6 +206,14 @@ void BatchNormalization::build_variables(const Shape& input_shape) {
     if (std::set<int>(axes.begin(), axes.end()).size() != axes.size()) {
         throw invalid_argument(where, "axis", axes_to_string(axes) + " (resolved)",
                                "no duplicate axes");
+    }
+    for (int axis : axes) {
+        if (input_shape[static_cast<std::size_t>(axis)] < 0) {
+            throw shape_mismatch(where, "input dimension " + std::to_string(axis),
+                                 "unknown (shape " + shape_to_string(input_shape) + ")",
+                                 "a known size: axis " + std::to_string(axis) +
+                                     " is normalized and sizes the variables");
+        }
     }
     if (options.virtual_batch_size) {
         if (*options.virtual_batch_size <= 0) {
@@ -241,14 +279,21 @@ void BatchNormalization::build_variables(const Shape& input_shape) {
     }
 
     const ResolvedArguments& resolved = impl.resolved;
+    std::size_t next_index = 0;
+    std::optional<std::size_t> gamma_index;
+    std::optional<std::size_t> beta_index;
     if (options.scale) {
+        gamma_index = next_index++;
         add_variable("gamma", param_shape, resolved.gamma_initializer, resolved.gamma_regularizer,
                      resolved.gamma_constraint, true);
     }
     if (options.center) {
+        beta_index = next_index++;
         add_variable("beta", param_shape, resolved.beta_initializer, resolved.beta_regularizer,
                      resolved.beta_constraint, true);
     }
+    const std::size_t moving_mean_index = next_index++;
+    const std::size_t moving_variance_index = next_index++;
     add_variable("moving_mean", param_shape, resolved.moving_mean_initializer, nullptr, nullptr,
                  false);
     add_variable("moving_variance", param_shape, resolved.moving_variance_initializer, nullptr,
@@ -275,6 +320,13 @@ void BatchNormalization::build_variables(const Shape& input_shape) {
     impl_->fused = fused;
     impl_->param_count = element_count(param_shape);
     impl_->param_shape = std::move(param_shape);
+    impl_->gamma_index = gamma_index;
+    impl_->beta_index = beta_index;
+    impl_->moving_mean_index = moving_mean_index;
+    impl_->moving_variance_index = moving_variance_index;
+    impl_->moving_stddev_index = next_index;
+    impl_->renorm_mean_index = next_index + 1;
+    impl_->renorm_stddev_index = next_index + 2;
     impl_->plans.clear();
 }
 
@@ -282,11 +334,11 @@ namespace {
 
 // Values of an f32 variable, or `fallback` repeated when the layer has no such variable (γ with
 // scale=false, β with center=false).
-std::vector<float> values_or(const Layer& layer, const char* name, std::int64_t count,
+std::vector<float> values_or(const std::vector<Tensor>& variables,
+                             const std::optional<std::size_t>& index, std::int64_t count,
                              float fallback) {
-    if (!layer.has_variable(name))
-        return std::vector<float>(static_cast<std::size_t>(count), fallback);
-    const Tensor& variable = layer.variable(name);
+    if (!index) return std::vector<float>(static_cast<std::size_t>(count), fallback);
+    const Tensor& variable = variables.at(*index);
     const float* data = variable.data_as<float>();
     return std::vector<float>(data, data + variable.element_count());
 }
@@ -313,21 +365,33 @@ Tensor broadcastable_adjustment(const Tensor& value, const Shape& input_shape,
     return as_f32.reshaped(padded);
 }
 
-// The updates a training call stages; applied only after everything else succeeded.
+// The updates a training call stages; committed only after the whole run succeeded.
 struct StagedUpdates {
-    std::vector<std::pair<const char*, Tensor>> assignments;
-    void stage(const char* name, const Shape& shape, const std::vector<float>& values) {
-        assignments.emplace_back(name, Tensor::from_floats(shape, values));
+    std::vector<VariableUpdate> updates;
+    const Shape& shape;
+    void assign(std::size_t variable, const std::vector<float>& values) {
+        updates.push_back(
+            {variable, VariableUpdate::Kind::assign, Tensor::from_floats(shape, values), 0.0f});
+    }
+    void moving_average(std::size_t variable, const std::vector<float>& values, float decay) {
+        updates.push_back({variable, VariableUpdate::Kind::moving_average,
+                           Tensor::from_floats(shape, values), decay});
     }
 };
 
 }  // namespace
 
-Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_options) {
-    Impl& impl = *impl_;
+Tensor BatchNormalization::forward(const ForwardContext& context) const {
+    const Impl& impl = *impl_;
     const BatchNormalizationOptions& options = impl.options;
     const std::string where = describe();
-    if (!built()) build(input.shape());
+    expect_input_count(context.inputs.size(), 1);
+    if (!built()) {
+        throw invalid_argument(where, "forward", "an unbuilt layer",
+                               "build() or call() before forward()");
+    }
+    const Tensor& input = context.inputs[0];
+    const std::vector<Tensor>& variables = context.variables;
 
     // Keras' InputSpec: the rank and every normalized axis size are pinned at build.
     if (input.rank() != impl.rank) {
@@ -353,7 +417,7 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
 
     // Effective mode (spec §5): V2 and tf_keras freeze into inference; V1 keeps batch statistics
     // but updates nothing.
-    const bool requested_training = call_options.training.value_or(false);
+    const bool requested_training = context.training;
     const bool v1 = impl.behavior_is(BatchNormalizationBehavior::v1);
     const bool training = requested_training && (v1 || trainable());
     const bool apply_updates = training && trainable();
@@ -379,8 +443,8 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
         impl.fused && options.epsilon <= kFusedMinEpsilon ? kFusedMinEpsilon : options.epsilon;
     const float epsilon32 = static_cast<float>(epsilon);
     const std::int64_t params = impl.param_count;
-    const std::vector<float> gamma = values_or(*this, "gamma", params, 1.0f);
-    const std::vector<float> beta = values_or(*this, "beta", params, 0.0f);
+    const std::vector<float> gamma = values_or(variables, impl.gamma_index, params, 1.0f);
+    const std::vector<float> beta = values_or(variables, impl.beta_index, params, 0.0f);
 
     BatchNormalizationCallReport report;
     report.training = training;
@@ -391,6 +455,7 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
         // keel's decision (spec §6i): an empty batch yields an empty output and changes nothing.
         report.path = "custom";
         report.implementation = "keel:empty";
+        std::lock_guard lock(impl.mutex);
         impl.report = report;
         return y;
     }
@@ -421,14 +486,22 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
     request.use_shift = options.center;
     request.epsilon = epsilon32;
     const auto plan_key = std::make_pair(shape, training);
-    auto cached = impl.plans.find(plan_key);
-    if (cached == impl.plans.end()) {
+    std::shared_ptr<const KernelPlan> cached_plan;
+    {
+        std::lock_guard lock(impl.mutex);
+        auto cached = impl.plans.find(plan_key);
+        if (cached != impl.plans.end()) cached_plan = cached->second;
+    }
+    if (!cached_plan) {
+        // Planned outside the lock (it may create a oneDNN primitive); a race plans twice.
+        cached_plan = std::make_shared<const KernelPlan>(plan_kernel(impl.engine, request, where));
+        std::lock_guard lock(impl.mutex);
         // Bounded: a server that sees ever new batch sizes must not grow this without limit.
         constexpr std::size_t kMaxCachedPlans = 64;
         if (impl.plans.size() >= kMaxCachedPlans) impl.plans.clear();
-        cached = impl.plans.emplace(plan_key, plan_kernel(impl.engine, request, where)).first;
+        impl.plans.emplace(plan_key, cached_plan);
     }
-    const KernelPlan& plan = cached->second;
+    const KernelPlan& plan = *cached_plan;
     report.path = plan.path == KernelPath::onednn ? "onednn" : "custom";
     report.implementation = plan.implementation;
 
@@ -442,8 +515,8 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
     };
 
     if (!training) {
-        const Tensor& moving_mean = variable("moving_mean");
-        const Tensor& moving_variance = variable("moving_variance");
+        const Tensor& moving_mean = variables.at(impl.moving_mean_index);
+        const Tensor& moving_variance = variables.at(impl.moving_variance_index);
         if (plan.path == KernelPath::onednn) {
             run_onednn_inference(impl.engine, *plan.primitive, plan.onednn_request, x,
                                  moving_mean.data_as<float>(), moving_variance.data_as<float>(),
@@ -463,6 +536,7 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
             }
             run_custom(coefficients);
         }
+        std::lock_guard lock(impl.mutex);
         impl.report = report;
         return y;
     }
@@ -494,8 +568,8 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
     std::vector<float> d(static_cast<std::size_t>(params), 0.0f);
     std::vector<float> batch_stddev(static_cast<std::size_t>(params));
     if (options.renorm) {
-        const float* renorm_mean = variable("renorm_mean").data_as<float>();
-        const float* renorm_stddev = variable("renorm_stddev").data_as<float>();
+        const float* renorm_mean = variables.at(impl.renorm_mean_index).data_as<float>();
+        const float* renorm_stddev = variables.at(impl.renorm_stddev_index).data_as<float>();
         const float stddev_floor = std::sqrt(epsilon32);
         const auto& bound = impl.resolved;
         for (std::size_t p = 0; p < static_cast<std::size_t>(params); ++p) {
@@ -545,28 +619,24 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
     run_custom(coefficients);
 
     // Stage every variable update, then commit them together.
-    StagedUpdates updates;
+    StagedUpdates staged{{}, impl.param_shape};
     if (apply_updates) {
-        const float* moving_mean = variable("moving_mean").data_as<float>();
         // Decay constants (spec §6.0, trap 18): the fused path forms 1 − m in f32 from f32(m);
         // the generic path in double, then rounds.
         const float decay = impl.fused ? 1.0f - static_cast<float>(options.momentum)
                                        : static_cast<float>(1.0 - options.momentum);
-        std::vector<float> new_mean(static_cast<std::size_t>(params));
-        for (std::size_t p = 0; p < new_mean.size(); ++p) {
-            new_mean[p] = moving_average(moving_mean[p], update_mean[p], decay);
-        }
-        updates.stage("moving_mean", impl.param_shape, new_mean);
+        staged.moving_average(impl.moving_mean_index, update_mean, decay);
         if (options.renorm) {
             const float renorm_decay = static_cast<float>(1.0 - options.renorm_momentum);
-            const float* renorm_mean = variable("renorm_mean").data_as<float>();
-            const float* renorm_stddev = variable("renorm_stddev").data_as<float>();
-            const float* moving_stddev = variable("moving_stddev").data_as<float>();
-            std::vector<float> new_renorm_mean(new_mean.size());
-            std::vector<float> new_renorm_stddev(new_mean.size());
-            std::vector<float> new_moving_stddev(new_mean.size());
-            std::vector<float> new_moving_variance(new_mean.size());
-            for (std::size_t p = 0; p < new_mean.size(); ++p) {
+            const float* renorm_mean = variables.at(impl.renorm_mean_index).data_as<float>();
+            const float* renorm_stddev = variables.at(impl.renorm_stddev_index).data_as<float>();
+            const float* moving_stddev = variables.at(impl.moving_stddev_index).data_as<float>();
+            const std::size_t count = update_mean.size();
+            std::vector<float> new_renorm_mean(count);
+            std::vector<float> new_renorm_stddev(count);
+            std::vector<float> new_moving_stddev(count);
+            std::vector<float> new_moving_variance(count);
+            for (std::size_t p = 0; p < count; ++p) {
                 new_renorm_mean[p] = moving_average(renorm_mean[p], update_mean[p], renorm_decay);
                 new_renorm_stddev[p] =
                     moving_average(renorm_stddev[p], batch_stddev[p], renorm_decay);
@@ -575,31 +645,30 @@ Tensor BatchNormalization::call(const Tensor& input, const CallOptions& call_opt
                 new_moving_variance[p] =
                     std::max(new_moving_stddev[p] * new_moving_stddev[p] - epsilon32, 0.0f);
             }
-            updates.stage("moving_variance", impl.param_shape, new_moving_variance);
-            updates.stage("moving_stddev", impl.param_shape, new_moving_stddev);
-            updates.stage("renorm_mean", impl.param_shape, new_renorm_mean);
-            updates.stage("renorm_stddev", impl.param_shape, new_renorm_stddev);
+            staged.assign(impl.moving_variance_index, new_moving_variance);
+            staged.assign(impl.moving_stddev_index, new_moving_stddev);
+            staged.assign(impl.renorm_mean_index, new_renorm_mean);
+            staged.assign(impl.renorm_stddev_index, new_renorm_stddev);
         } else {
-            const float* moving_variance = variable("moving_variance").data_as<float>();
             // The fused kernel hands back the Bessel-corrected variance n/max(n−1, 1) (spec §6a.3).
             const double n = static_cast<double>(geometry.reduction_count);
             const double bessel = impl.fused ? n / std::max(n - 1.0, 1.0) : 1.0;
-            std::vector<float> new_variance(new_mean.size());
-            for (std::size_t p = 0; p < new_variance.size(); ++p) {
+            std::vector<float> values(update_variance.size());
+            for (std::size_t p = 0; p < values.size(); ++p) {
                 // Fused semantics never have virtual batches: one group, so batch_variance[p].
-                const float value = impl.fused ? static_cast<float>(batch_variance[p] * bessel)
-                                               : update_variance[p];
-                new_variance[p] = moving_average(moving_variance[p], value, decay);
+                values[p] = impl.fused ? static_cast<float>(batch_variance[p] * bessel)
+                                       : update_variance[p];
             }
-            updates.stage("moving_variance", impl.param_shape, new_variance);
+            staged.moving_average(impl.moving_variance_index, values, decay);
         }
     }
+    std::lock_guard lock(impl.mutex);
     if (options.renorm) {
         impl.renorm_r = Tensor::from_floats(impl.param_shape, r);
         impl.renorm_d = Tensor::from_floats(impl.param_shape, d);
     }
-    for (auto& [name, value] : updates.assignments) assign_variable(name, std::move(value));
     impl.report = report;
+    for (VariableUpdate& update : staged.updates) context.updates.push_back(std::move(update));
     return y;
 }
 

@@ -1,7 +1,9 @@
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,10 +25,38 @@ struct CallOptions {
     std::optional<bool> training;
 };
 
+// A layer's variable values at one moment, in creation order. Immutable once published: a run
+// that holds one keeps reading the same numbers while training runs publish newer ones.
+using VariableSnapshot = std::shared_ptr<const std::vector<Tensor>>;
+
+// A variable update a training run stages. Applied to the variables current at commit time, so
+// concurrent training runs compose like some serial order of them.
+struct VariableUpdate {
+    enum class Kind {
+        assign,          // v ← value
+        moving_average,  // v ← v − (v − value)·decay, three f32 operations as TensorFlow does
+    };
+    std::size_t variable = 0;  // index in creation order
+    Kind kind = Kind::assign;
+    Tensor value;  // f32, the variable's shape
+    float decay = 0.0f;
+};
+
+// What a layer's forward() reads and where it puts what it produces besides its output.
+struct ForwardContext {
+    std::span<const Tensor> inputs;
+    // The values this run reads (the layer's own snapshot, or weights a graph rewrite derived).
+    const std::vector<Tensor>& variables;
+    bool training = false;  // Keras' training argument, resolved (unset = false)
+    // Where a training run stages variable updates; committed only when the whole run succeeded.
+    std::vector<VariableUpdate>& updates;
+};
+
 // The interface every layer implements, and the variables it owns (Keras' weights).
 //
-// A Layer is not safe to call() from several threads at once: a training call updates variables.
-// The graph runtime gives concurrent runs their own snapshots instead.
+// forward() is const: everything a run needs beyond the layer's immutable configuration arrives
+// in the ForwardContext, so one built layer serves any number of concurrent runs. Building is not
+// thread-safe; build (or apply the layer in a GraphBuilder) before sharing it between threads.
 class Layer {
   public:
     virtual ~Layer();
@@ -41,22 +71,52 @@ class Layer {
     virtual nlohmann::json get_config() const = 0;
 
     bool built() const noexcept { return built_; }
-    // Creates the variables for `input_shape` and runs Keras' build-time checks. call() builds on
-    // first use; building twice is an error.
-    void build(const Shape& input_shape);
-    virtual Shape compute_output_shape(const Shape& input_shape) const = 0;
+    // Creates the variables for these input shapes and runs Keras' build-time checks. A dimension
+    // of -1 is unknown until run time (the batch). call() builds on first use; building twice is
+    // an error.
+    void build(std::span<const Shape> input_shapes);
+    void build(const Shape& input_shape) { build(std::span<const Shape>(&input_shape, 1)); }
 
-    // Runs the layer. Throws keel::Error on bad input, leaving every variable unchanged.
-    virtual Tensor call(const Tensor& input, const CallOptions& options = {}) = 0;
+    // Output shape for these input shapes (-1 = unknown until run time). Throws keel::Error
+    // naming the layer and the shapes when they do not fit the layer.
+    virtual Shape infer_output_shape(std::span<const Shape> input_shapes) const = 0;
+    Shape compute_output_shape(const Shape& input_shape) const {
+        return infer_output_shape(std::span<const Shape>(&input_shape, 1));
+    }
+
+    // Runs the layer on the variables in `context`. Throws keel::Error on bad input; stages
+    // updates in context.updates instead of changing variables.
+    virtual Tensor forward(const ForwardContext& context) const = 0;
+    // Whether this layer's training updates may be staged by overlapping training runs and
+    // committed in any order (moving averages do; updates computed from the values a run read,
+    // like batch renormalization's, do not: the runtime then serializes training runs).
+    virtual bool training_updates_commute() const noexcept { return true; }
+
+    // Keras' eager call: builds on first use, runs forward() on the current variables and commits
+    // the updates a training call staged. Throws keel::Error on bad input, leaving every variable
+    // unchanged.
+    Tensor call(std::span<const Tensor> inputs, const CallOptions& options = {});
+    Tensor call(const Tensor& input, const CallOptions& options = {}) {
+        return call(std::span<const Tensor>(&input, 1), options);
+    }
 
     // Variables, in Keras' creation order.
     std::vector<std::string> variable_names() const;
     std::vector<std::string> trainable_variable_names() const;
     bool has_variable(std::string_view name) const;
-    // Throws keel::Error naming the layer if there is no such variable.
-    const Tensor& variable(std::string_view name) const;
+    // Index in creation order. Throws keel::Error naming the layer if there is no such variable.
+    std::size_t variable_index(std::string_view name) const;
+    // The current value. Its storage belongs to an immutable snapshot: read it, and write with
+    // set_variable.
+    Tensor variable(std::string_view name) const;
     // Replaces a variable's value (converted to f32). The shape must equal the variable's shape.
     void set_variable(std::string_view name, const Tensor& value);
+
+    // The current values of every variable, as one immutable snapshot.
+    VariableSnapshot variables_snapshot() const;
+    // Applies staged updates to the current values and publishes the result as the next snapshot.
+    // Updates to one layer are serialized; readers never wait.
+    void commit_updates(std::span<const VariableUpdate> updates);
 
     // One loss per regularized variable, in creation order (Keras' layer.losses).
     std::vector<double> regularization_losses() const;
@@ -71,21 +131,21 @@ class Layer {
                       std::shared_ptr<const keras::Initializer> initializer,
                       std::shared_ptr<const keras::Regularizer> regularizer,
                       std::shared_ptr<const keras::Constraint> constraint, bool trainable);
-    // Assigns an f32 tensor of the variable's shape without checks (callers validated it).
-    void assign_variable(std::string_view name, Tensor value);
     // "BatchNormalization 'bn1'", for error messages.
     std::string describe() const;
+    // Throws keel::Error unless exactly `count` inputs were given.
+    void expect_input_count(std::size_t given, std::size_t count) const;
 
-    virtual void build_variables(const Shape& input_shape) = 0;
+    virtual void build_variables(std::span<const Shape> input_shapes) = 0;
 
   private:
-    struct Variable;
-    Variable& find(std::string_view name) const;
+    struct Definition;
+    struct State;
 
     std::string name_;
     bool trainable_;
     bool built_ = false;
-    std::vector<std::unique_ptr<Variable>> variables_;
+    std::unique_ptr<State> state_;
 };
 
 // Keras-style unique default names: "batch_normalization", "batch_normalization_1", ...

@@ -122,7 +122,8 @@ TEST(BatchNormalizationBuild, DuplicateAxesAreFoundAfterResolution) {
 
 TEST(BatchNormalizationBuild, RankZeroIsAnUndefinedRank) {
     BatchNormalization layer;
-    expect_error([&] { layer.build({}); }, ErrorCategory::invalid_argument, "input rank");
+    expect_error([&] { layer.build(keel::Shape{}); }, ErrorCategory::invalid_argument,
+                 "input rank");
 }
 
 TEST(BatchNormalizationBuild, VirtualBatchChecks) {

@@ -90,8 +90,9 @@ class BatchNormalization final : public Layer {
 
     std::string class_name() const override { return "BatchNormalization"; }
     nlohmann::json get_config() const override;
-    Shape compute_output_shape(const Shape& input_shape) const override;
-    Tensor call(const Tensor& input, const CallOptions& options = {}) override;
+    Shape infer_output_shape(std::span<const Shape> input_shapes) const override;
+    Tensor forward(const ForwardContext& context) const override;
+    bool training_updates_commute() const noexcept override;
 
     const BatchNormalizationOptions& options() const noexcept;
     DType compute_dtype() const noexcept;
@@ -100,14 +101,15 @@ class BatchNormalization final : public Layer {
     // Whether TF's fused semantics apply (decided in build; false before).
     bool fused() const noexcept;
 
-    const BatchNormalizationCallReport& last_call_report() const noexcept;
+    // Diagnostics of the most recent forward() on any thread (for tests, logs and reports).
+    BatchNormalizationCallReport last_call_report() const;
     // Batch renormalization's r and d of the last training call (parameter shape), for inspection.
     // Empty tensors before the first renorm training call.
-    const Tensor& last_renorm_r() const noexcept;
-    const Tensor& last_renorm_d() const noexcept;
+    Tensor last_renorm_r() const;
+    Tensor last_renorm_d() const;
 
   private:
-    void build_variables(const Shape& input_shape) override;
+    void build_variables(std::span<const Shape> input_shapes) override;
 
     struct Impl;
     std::unique_ptr<Impl> impl_;
