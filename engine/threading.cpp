@@ -12,6 +12,25 @@
 
 namespace keel {
 
+namespace {
+thread_local int thread_budget = 0;  // 0 = no budget: the engine's intra_op_threads
+}  // namespace
+
+int operation_threads(const Engine& engine) noexcept {
+    const int threads = engine.intra_op_threads();
+    return thread_budget > 0 ? std::min(thread_budget, threads) : threads;
+}
+
+OperationThreadBudget::OperationThreadBudget(int threads) : previous_(thread_budget) {
+    if (threads < 1) {
+        throw invalid_argument("OperationThreadBudget", "threads", std::to_string(threads),
+                               "a positive thread count");
+    }
+    thread_budget = threads;
+}
+
+OperationThreadBudget::~OperationThreadBudget() { thread_budget = previous_; }
+
 OneDnnThreadScope::OneDnnThreadScope(int threads) : previous_(omp_get_max_threads()) {
     if (threads < 1) {
         throw invalid_argument("OneDnnThreadScope", "threads", std::to_string(threads),

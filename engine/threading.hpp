@@ -2,11 +2,13 @@
 
 // Internal: how keel's kernels and oneDNN's primitives share the cores (docs/threading.md).
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
+#include <tbb/partitioner.h>
 
 #include <keel/engine/engine.hpp>
 
@@ -14,15 +16,47 @@
 
 namespace keel {
 
+// The threads one operation started on this thread may use: the engine's intra_op_threads, or
+// fewer inside an OperationThreadBudget (the graph runtime's share for one node of one run, when
+// several runs or branches execute at once).
+int operation_threads(const Engine& engine) noexcept;
+
+// While alive, operations started on this thread use at most `threads` threads (never more than
+// their engine's intra_op_threads). Restores the previous budget on destruction.
+class OperationThreadBudget {
+  public:
+    explicit OperationThreadBudget(int threads);
+    ~OperationThreadBudget();
+    OperationThreadBudget(const OperationThreadBudget&) = delete;
+    OperationThreadBudget& operator=(const OperationThreadBudget&) = delete;
+
+  private:
+    int previous_;
+};
+
 // Runs body(begin, end) over [0, count) split into chunks of at least `grain`, on the engine's
-// TBB arena (intra_op_threads workers at most). Runs inline, without TBB, when one chunk covers
-// everything or the engine has one thread, so tiny tensors pay no scheduling cost.
+// TBB arena, with at most operation_threads(engine) chunks running at once. Runs inline, without
+// TBB, when one chunk covers everything or the budget is one thread, so tiny tensors pay no
+// scheduling cost.
 template <typename Body>
 void parallel_for(const Engine& engine, std::int64_t count, std::int64_t grain, Body&& body) {
     if (count <= 0) return;
     if (grain < 1) grain = 1;
-    if (count <= grain || engine.intra_op_threads() == 1) {
+    const int threads = operation_threads(engine);
+    if (count <= grain || threads == 1) {
         body(std::int64_t{0}, count);
+        return;
+    }
+    if (threads < engine.intra_op_threads()) {
+        // Fewer chunks than the arena has slots bounds the threads this operation occupies.
+        grain = std::max(grain, (count + threads - 1) / threads);
+        engine.state().arena.execute([&] {
+            tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, count, grain),
+                              [&](const tbb::blocked_range<std::int64_t>& range) {
+                                  body(range.begin(), range.end());
+                              },
+                              tbb::simple_partitioner());
+        });
         return;
     }
     engine.state().arena.execute([&] {

@@ -357,7 +357,7 @@ void execute(const Engine& engine, const CachedPrimitive& primitive, const OneDn
             "could not point a oneDNN memory at the caller's buffer");
     }
 
-    const OneDnnThreadScope thread_scope(engine.intra_op_threads());
+    const OneDnnThreadScope thread_scope(operation_threads(engine));
     dnnl::error::wrap_c_api(dnnl_primitive_execute(binding.primitive.get(), binding.stream.get(),
                                                    binding.count, binding.arguments.data()),
                             "could not execute batch_normalization_forward");
@@ -375,7 +375,7 @@ OneDnnProbe probe_onednn(const Engine& engine, const OneDnnRequest& request) {
         return probe;
     }
     const Descriptor descriptor = describe(request);
-    const int threads = engine.intra_op_threads();
+    const int threads = operation_threads(engine);
     const std::string key = cache_key(descriptor);
     auto entry = with_onednn_errors(kWhere, [&] {
         return engine.state().primitives.get_or_create(
