@@ -60,22 +60,6 @@ ThreadingOptions resolve(ThreadingOptions requested) {
     if (resolved.inter_op_concurrency == 0) resolved.inter_op_concurrency = 1;
     // max_concurrent_runs keeps 0: "unbounded" is a setting, not a default awaiting a value.
 
-    // These three steer the graph runtime, which does not exist yet: refuse what keel cannot
-    // honour rather than accept it and do nothing.
-    const auto not_yet = [](std::string_view argument, const std::string& value) {
-        return unsupported("ThreadingOptions", std::string(argument) + " = " + value,
-                           "only the default is honoured until keel's graph runtime schedules "
-                           "runs and nodes");
-    };
-    if (resolved.inter_op_concurrency != 1) {
-        throw not_yet("inter_op_concurrency", std::to_string(resolved.inter_op_concurrency));
-    }
-    if (resolved.max_concurrent_runs != 0) {
-        throw not_yet("max_concurrent_runs", std::to_string(resolved.max_concurrent_runs));
-    }
-    if (resolved.preference != ThreadingOptions::Preference::latency) {
-        throw not_yet("preference", "throughput");
-    }
     return resolved;
 }
 
@@ -125,7 +109,10 @@ ThreadingOptions ThreadingOptions::from_environment() {
 }
 
 Engine::State::State(ThreadingOptions requested)
-    : options(resolve(requested)), cpu(create_cpu_engine()), arena(options.intra_op_threads) {}
+    : options(resolve(requested)),
+      cpu(create_cpu_engine()),
+      arena(options.intra_op_threads),
+      cores(options.intra_op_threads) {}
 
 Engine::Engine(ThreadingOptions options) : state_(std::make_shared<State>(options)) {
     logger()->debug("engine created: {} intra-op threads, inter-op concurrency {}",

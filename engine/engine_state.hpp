@@ -7,6 +7,7 @@
 
 #include <keel/engine/engine.hpp>
 
+#include "engine/core_budget.hpp"
 #include "engine/onednn/primitive_cache.hpp"
 
 namespace keel {
@@ -18,6 +19,7 @@ struct Engine::State {
     dnnl::engine cpu;
     tbb::task_arena arena;  // keel's own kernels run here, with intra_op_threads slots
     PrimitiveCache primitives;
+    CoreBudget cores;  // what the graph runtime hands out to concurrent runs
 };
 
 }  // namespace keel

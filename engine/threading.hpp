@@ -51,11 +51,12 @@ void parallel_for(const Engine& engine, std::int64_t count, std::int64_t grain, 
         // Fewer chunks than the arena has slots bounds the threads this operation occupies.
         grain = std::max(grain, (count + threads - 1) / threads);
         engine.state().arena.execute([&] {
-            tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, count, grain),
-                              [&](const tbb::blocked_range<std::int64_t>& range) {
-                                  body(range.begin(), range.end());
-                              },
-                              tbb::simple_partitioner());
+            tbb::parallel_for(
+                tbb::blocked_range<std::int64_t>(0, count, grain),
+                [&](const tbb::blocked_range<std::int64_t>& range) {
+                    body(range.begin(), range.end());
+                },
+                tbb::simple_partitioner());
         });
         return;
     }

@@ -55,20 +55,16 @@ TEST(EngineThreading, ExplicitOptionsAreKept) {
     EXPECT_EQ(engine.state().cpu.get_kind(), dnnl::engine::kind::cpu);
 }
 
-// The runtime's settings are refused until the graph runtime exists to honour them.
-TEST(EngineThreading, RuntimeSettingsOtherThanTheDefaultsAreRefused) {
-    for (const ThreadingOptions& options :
-         {ThreadingOptions{.intra_op_threads = 1, .inter_op_concurrency = 2},
-          ThreadingOptions{.intra_op_threads = 1, .max_concurrent_runs = 4},
-          ThreadingOptions{.intra_op_threads = 1,
-          .preference = ThreadingOptions::Preference::throughput}}) {
-        try {
-            Engine engine(options);
-            ADD_FAILURE() << "expected keel::Error";
-        } catch (const Error& error) {
-            EXPECT_EQ(error.category(), ErrorCategory::unsupported) << error.what();
-        }
-    }
+// The runtime's settings are kept as given: the graph runtime reads them (docs/threading.md).
+TEST(EngineThreading, RuntimeSettingsAreKeptAsGiven) {
+    const Engine engine(ThreadingOptions{.intra_op_threads = 2,
+                                         .inter_op_concurrency = 3,
+                                         .max_concurrent_runs = 4,
+                                         .preference = ThreadingOptions::Preference::throughput});
+    EXPECT_EQ(engine.threading().inter_op_concurrency, 3);
+    EXPECT_EQ(engine.threading().max_concurrent_runs, 4);
+    EXPECT_EQ(engine.threading().preference, ThreadingOptions::Preference::throughput);
+    EXPECT_EQ(engine.state().cores.cores(), 2);
 }
 
 TEST(EngineThreading, ZerosResolveFromTheEnvironment) {

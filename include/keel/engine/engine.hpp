@@ -6,8 +6,7 @@
 namespace keel {
 
 // How keel uses the machine's cores. One object holds the whole policy (docs/threading.md).
-// inter_op_concurrency, max_concurrent_runs and preference belong to the graph runtime; until it
-// exists, values other than their defaults are refused (keel::Error, unsupported).
+// inter_op_concurrency, max_concurrent_runs and preference steer the graph runtime.
 // oneDNN runs its primitives on OpenMP teams; keel's own kernels run on TBB inside the engine's
 // task_arena. Both use `intra_op_threads`, so a single operation never uses more cores than that.
 struct ThreadingOptions {
@@ -18,8 +17,12 @@ struct ThreadingOptions {
     int intra_op_threads = 0;
     // Independent graph nodes that may run at once within one run. 0 = 1.
     int inter_op_concurrency = 0;
-    // Model runs that may execute at once; further runs wait. 0 = unbounded.
+    // Model runs that may execute at once; further runs wait. 0 = as many as the cores allow
+    // (every run holds at least one of the engine's intra_op_threads cores).
     int max_concurrent_runs = 0;
+    // latency: a run takes every free core (up to intra_op_threads), so a lone request is as fast
+    // as it can be. throughput: a run takes intra_op_threads / max_concurrent_runs cores (one when
+    // unbounded), so concurrent requests each run on their own cores.
     Preference preference = Preference::latency;
 
     // Defaults with KEEL_NUM_THREADS applied. A malformed KEEL_NUM_THREADS is a keel::Error.
