@@ -46,6 +46,10 @@ namespace {
 // nn.fused_batch_norm raises epsilon to this floor in training and inference (spec §6a.1).
 constexpr double kFusedMinEpsilon = 1.001e-5;
 
+double effective_epsilon(bool fused, double epsilon) {
+    return fused && epsilon <= kFusedMinEpsilon ? kFusedMinEpsilon : epsilon;
+}
+
 // TF's moving-average update, `v − (v − value)·decay`, as three float32 operations (spec §6.0).
 float moving_average(float variable, float value, float decay) {
     const float difference = variable - value;
@@ -439,8 +443,7 @@ Tensor BatchNormalization::forward(const ForwardContext& context) const {
         adjustment->bias = broadcastable_adjustment(adjustment_bias, shape, where, "bias");
     }
 
-    const double epsilon =
-        impl.fused && options.epsilon <= kFusedMinEpsilon ? kFusedMinEpsilon : options.epsilon;
+    const double epsilon = effective_epsilon(impl.fused, options.epsilon);
     const float epsilon32 = static_cast<float>(epsilon);
     const std::int64_t params = impl.param_count;
     const std::vector<float> gamma = values_or(variables, impl.gamma_index, params, 1.0f);
@@ -670,6 +673,28 @@ Tensor BatchNormalization::forward(const ForwardContext& context) const {
     impl.report = report;
     for (VariableUpdate& update : staged.updates) context.updates.push_back(std::move(update));
     return y;
+}
+
+BatchNormalization::InferenceAffine BatchNormalization::inference_affine(
+    const std::vector<Tensor>& variables) const {
+    const Impl& impl = *impl_;
+    if (!built()) {
+        throw invalid_argument(describe(), "inference_affine", "an unbuilt layer", "a built layer");
+    }
+    const double epsilon = static_cast<float>(effective_epsilon(impl.fused, impl.options.epsilon));
+    const std::int64_t params = impl.param_count;
+    const std::vector<float> gamma = values_or(variables, impl.gamma_index, params, 1.0f);
+    const std::vector<float> beta = values_or(variables, impl.beta_index, params, 0.0f);
+    const float* mean = variables.at(impl.moving_mean_index).data_as<float>();
+    const float* variance = variables.at(impl.moving_variance_index).data_as<float>();
+    InferenceAffine affine;
+    affine.scale.resize(static_cast<std::size_t>(params));
+    affine.shift.resize(static_cast<std::size_t>(params));
+    for (std::size_t p = 0; p < affine.scale.size(); ++p) {
+        affine.scale[p] = gamma[p] / std::sqrt(static_cast<double>(variance[p]) + epsilon);
+        affine.shift[p] = beta[p] - mean[p] * affine.scale[p];
+    }
+    return affine;
 }
 
 }  // namespace keel

@@ -237,8 +237,9 @@ BatchNormalizationOptions options_from_config(const nlohmann::json& config) {
                 checked(config, "trainable", is_boolean, "true or false").get<bool>();
         } else if (key == "dtype") {
             if (!value.is_null()) options.dtype = dtype_from_json(value);
-        } else if (key == "batch_input_shape") {
-            options.batch_input_shape = value;  // checked by resolve_arguments
+        } else if (key == "batch_input_shape" || key == "batch_shape") {
+            // TF's and Keras 3's spellings of the same argument; checked by resolve_arguments.
+            options.batch_input_shape = value;
         } else if (key == "axis") {
             if (value.is_array()) {
                 std::vector<int> axes;

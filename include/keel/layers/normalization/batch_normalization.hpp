@@ -101,6 +101,15 @@ class BatchNormalization final : public Layer {
     // Whether TF's fused semantics apply (decided in build; false before).
     bool fused() const noexcept;
 
+    // Inference as an affine map per parameter, y = x·scale + shift, from `variables` (a snapshot
+    // of this layer's variables) with the epsilon inference uses: what a graph rewrite needs to
+    // fold this layer into the one before it. In double; the caller rounds once.
+    struct InferenceAffine {
+        std::vector<double> scale;
+        std::vector<double> shift;
+    };
+    InferenceAffine inference_affine(const std::vector<Tensor>& variables) const;
+
     // Diagnostics of the most recent forward() on any thread (for tests, logs and reports).
     BatchNormalizationCallReport last_call_report() const;
     // Batch renormalization's r and d of the last training call (parameter shape), for inspection.

@@ -1,0 +1,158 @@
+#include <keel/layers/convolutional/depthwise_conv2d.hpp>
+
+#include <keel/engine/error.hpp>
+#include <keel/layers/keras/constraints.hpp>
+#include <keel/layers/keras/initializers.hpp>
+#include <keel/layers/keras/regularizers.hpp>
+
+#include "layers/convolutional/layer_support.hpp"
+#include "layers/keras/layer_config.hpp"
+
+namespace keel {
+
+using convolutional::LayerSettings;
+
+// A depthwise convolution is the grouped convolution with groups = input channels and
+// filters = input channels · depth_multiplier: the kernel (kh, kw, in, multiplier) holds exactly
+// the bytes of that convolution's (kh, kw, 1, in·multiplier) HWIO kernel, output channel
+// c·multiplier + m in both.
+struct DepthwiseConv2D::Impl {
+    Engine engine;
+    DepthwiseConv2DOptions options;
+    LayerSettings settings;
+    std::shared_ptr<const keras::Initializer> depthwise_initializer;
+    std::shared_ptr<const keras::Initializer> bias_initializer;
+    std::shared_ptr<const keras::Regularizer> depthwise_regularizer;
+    std::shared_ptr<const keras::Regularizer> bias_regularizer;
+    std::shared_ptr<const keras::Constraint> depthwise_constraint;
+    std::shared_ptr<const keras::Constraint> bias_constraint;
+    std::int64_t in_channels = 0;  // set by build
+
+    std::int64_t filters() const { return in_channels * options.depth_multiplier; }
+    Shape kernel_shape() const {
+        return {options.kernel_size[0], options.kernel_size[1], in_channels,
+                options.depth_multiplier};
+    }
+};
+
+DepthwiseConv2D::DepthwiseConv2D(DepthwiseConv2DOptions options, Engine engine)
+    : Layer(options.name.empty() ? unique_layer_name("depthwise_conv2d") : options.name,
+            options.trainable),
+      impl_(std::make_unique<Impl>()) {
+    const std::string where = describe();
+    options.name = name();
+    Impl& impl = *impl_;
+    impl.settings = convolutional::resolve_settings(
+        where, {options.kernel_size, options.strides, options.dilation_rate, options.padding,
+                options.data_format, options.activation, options.activity_regularizer,
+                options.dtype, options.batch_input_shape});
+    if (options.depth_multiplier < 1) {
+        throw invalid_argument(where, "depth_multiplier", std::to_string(options.depth_multiplier),
+                               "a positive integer");
+    }
+    impl.depthwise_initializer =
+        keras::get_initializer(options.depthwise_initializer, where, "depthwise_initializer");
+    impl.bias_initializer =
+        keras::get_initializer(options.bias_initializer, where, "bias_initializer");
+    impl.depthwise_regularizer =
+        keras::get_regularizer(options.depthwise_regularizer, where, "depthwise_regularizer");
+    impl.bias_regularizer =
+        keras::get_regularizer(options.bias_regularizer, where, "bias_regularizer");
+    impl.depthwise_constraint =
+        keras::get_constraint(options.depthwise_constraint, where, "depthwise_constraint");
+    impl.bias_constraint = keras::get_constraint(options.bias_constraint, where, "bias_constraint");
+    impl.engine = std::move(engine);
+    impl.options = std::move(options);
+}
+
+DepthwiseConv2D::~DepthwiseConv2D() = default;
+
+std::unique_ptr<DepthwiseConv2D> DepthwiseConv2D::from_config(const nlohmann::json& config,
+                                                              Engine engine) {
+    keras::LayerConfig reader(config, "DepthwiseConv2D");
+    DepthwiseConv2DOptions options;
+    convolutional::read_common_config(reader, options);
+    options.depth_multiplier = reader.integer("depth_multiplier", 1);
+    options.depthwise_initializer =
+        reader.identifier("depthwise_initializer", options.depthwise_initializer);
+    options.depthwise_regularizer = reader.identifier("depthwise_regularizer", nullptr);
+    options.depthwise_constraint = reader.identifier("depthwise_constraint", nullptr);
+    // Keras 2 inherits Conv's get_config and writes groups = 1 (it cannot be anything else).
+    reader.accept_only_default("groups", 1);
+    reader.finish();
+    return std::make_unique<DepthwiseConv2D>(std::move(options), std::move(engine));
+}
+
+nlohmann::json DepthwiseConv2D::get_config() const {
+    const Impl& impl = *impl_;
+    const auto serialize_or_null = [](const auto& object) -> nlohmann::json {
+        return object ? keras::serialize(*object) : nlohmann::json(nullptr);
+    };
+    nlohmann::json config = convolutional::common_config(impl.options, impl.settings);
+    config["depth_multiplier"] = impl.options.depth_multiplier;
+    config["depthwise_initializer"] = serialize_or_null(impl.depthwise_initializer);
+    config["bias_initializer"] = serialize_or_null(impl.bias_initializer);
+    config["depthwise_regularizer"] = serialize_or_null(impl.depthwise_regularizer);
+    config["bias_regularizer"] = serialize_or_null(impl.bias_regularizer);
+    config["depthwise_constraint"] = serialize_or_null(impl.depthwise_constraint);
+    config["bias_constraint"] = serialize_or_null(impl.bias_constraint);
+    return config;
+}
+
+const DepthwiseConv2DOptions& DepthwiseConv2D::options() const noexcept { return impl_->options; }
+
+Shape DepthwiseConv2D::infer_output_shape(std::span<const Shape> input_shapes) const {
+    expect_input_count(input_shapes.size(), 1);
+    const Impl& impl = *impl_;
+    const std::string where = describe();
+    const Shape& input_shape = input_shapes[0];
+    const std::int64_t channels = convolutional::checked_input_channels(
+        where, input_shape, impl.settings, impl.options.batch_input_shape);
+    if (built() && channels != impl.in_channels) {
+        throw shape_mismatch(where, "input shape", shape_to_string(input_shape),
+                             std::to_string(impl.in_channels) + " channels, as at build");
+    }
+    return convolutional::output_shape(where, impl.settings, input_shape,
+                                       channels * impl.options.depth_multiplier);
+}
+
+void DepthwiseConv2D::build_variables(std::span<const Shape> input_shapes) {
+    expect_input_count(input_shapes.size(), 1);
+    Impl& impl = *impl_;
+    const std::string where = describe();
+    const Shape& input_shape = input_shapes[0];
+    const std::int64_t channels = convolutional::checked_input_channels(
+        where, input_shape, impl.settings, impl.options.batch_input_shape);
+    convolutional::output_shape(where, impl.settings, input_shape,
+                                channels * impl.options.depth_multiplier);
+    impl.in_channels = channels;
+    add_variable("depthwise_kernel", impl.kernel_shape(), impl.depthwise_initializer,
+                 impl.depthwise_regularizer, impl.depthwise_constraint, true);
+    if (impl.options.use_bias) {
+        add_variable("bias", {impl.filters()}, impl.bias_initializer, impl.bias_regularizer,
+                     impl.bias_constraint, true);
+    }
+}
+
+Tensor DepthwiseConv2D::forward(const ForwardContext& context) const {
+    const Impl& impl = *impl_;
+    const std::string where = describe();
+    expect_input_count(context.inputs.size(), 1);
+    if (!built()) {
+        throw invalid_argument(where, "forward", "an unbuilt layer",
+                               "build() or call() before forward()");
+    }
+    const Tensor& kernel = convolutional::checked_variable(where, context.variables, 0,
+                                                           "depthwise_kernel", impl.kernel_shape());
+    const float* bias = nullptr;
+    if (impl.options.use_bias) {
+        bias =
+            convolutional::checked_variable(where, context.variables, 1, "bias", {impl.filters()})
+                .data_as<float>();
+    }
+    return convolutional::run_convolution(impl.engine, where, impl.settings, context.inputs[0],
+                                          impl.in_channels, impl.filters(), impl.in_channels,
+                                          kernel.data_as<float>(), bias);
+}
+
+}  // namespace keel

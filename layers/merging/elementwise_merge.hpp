@@ -1,0 +1,26 @@
+#pragma once
+
+// Internal: what Add and Multiply share — Keras' shape rule for elementwise merges (restricted to
+// equal shapes) and the kernel that folds the inputs left to right.
+
+#include <span>
+#include <string_view>
+
+#include <keel/engine/engine.hpp>
+#include <keel/engine/tensor.hpp>
+
+namespace keel::merging {
+
+enum class ElementwiseOperation { add, multiply };
+
+// The output shape of merging `shapes` elementwise: at least one input, equal ranks, equal sizes
+// where both are known (-1 is compatible with anything; the known size wins). Throws keel::Error
+// naming `where` and both shapes.
+Shape elementwise_output_shape(std::string_view where, std::span<const Shape> shapes);
+
+// (((x0 op x1) op x2) ...) in f32. Inputs of another dtype are converted first; the shapes must be
+// equal (checked, naming `where`).
+Tensor merge_elementwise(const Engine& engine, std::string_view where,
+                         ElementwiseOperation operation, std::span<const Tensor> inputs);
+
+}  // namespace keel::merging

@@ -1,0 +1,53 @@
+#include <keel/layers/merging/multiply.hpp>
+
+#include "layers/keras/layer_config.hpp"
+#include "layers/merging/elementwise_merge.hpp"
+#include "layers/pooling/layer_arguments.hpp"
+
+namespace keel {
+
+Multiply::Multiply(MultiplyOptions options, Engine engine)
+    : Layer(options.name.empty() ? unique_layer_name("multiply") : options.name, options.trainable),
+      options_(std::move(options)),
+      engine_(std::move(engine)) {
+    options_.name = name();
+    layer_arguments::require_float32(describe(), options_.dtype);
+    layer_arguments::check_batch_input_shape(describe(), options_.batch_input_shape);
+}
+
+Multiply::~Multiply() = default;
+
+std::unique_ptr<Multiply> Multiply::from_config(const nlohmann::json& config, Engine engine) {
+    keras::LayerConfig reader(config, "Multiply");
+    MultiplyOptions options;
+    options.name = reader.name();
+    options.trainable = reader.trainable();
+    options.dtype = reader.dtype();
+    options.batch_input_shape = reader.batch_input_shape();
+    reader.finish();
+    return std::make_unique<Multiply>(std::move(options), std::move(engine));
+}
+
+nlohmann::json Multiply::get_config() const {
+    return layer_arguments::base_config(name(), trainable(), options_.dtype,
+                                        options_.batch_input_shape);
+}
+
+Shape Multiply::infer_output_shape(std::span<const Shape> input_shapes) const {
+    return merging::elementwise_output_shape(describe(), input_shapes);
+}
+
+void Multiply::build_variables(std::span<const Shape> input_shapes) {
+    if (!input_shapes.empty()) {
+        layer_arguments::check_declared_input(describe(), options_.batch_input_shape,
+                                              input_shapes[0]);
+    }
+    infer_output_shape(input_shapes);
+}
+
+Tensor Multiply::forward(const ForwardContext& context) const {
+    return merging::merge_elementwise(engine_, describe(), merging::ElementwiseOperation::multiply,
+                                      context.inputs);
+}
+
+}  // namespace keel
