@@ -1,0 +1,30 @@
+#pragma once
+
+// Internal: what compile() fixes for a graph so that run() is a loop (architecture habit 8):
+// chains of nodes that run back to back as one task, the dependencies between chains, and when
+// each intermediate value can be released.
+
+#include <vector>
+
+#include "runtime/graph.hpp"
+
+namespace keel::runtime {
+
+struct ExecutionPlan {
+    Graph graph;
+    // Node indices; a chain runs in order on one thread. Chains are listed in a topological
+    // order, so running them one after another in this order is a valid serial schedule.
+    std::vector<std::vector<int>> chains;
+    std::vector<std::vector<int>> chain_successors;
+    std::vector<int> chain_predecessor_count;
+    // How many node inputs read each value; a run releases the value's buffer when the last of
+    // them has run (outputs are kept for the caller).
+    std::vector<int> value_consumer_count;
+    std::vector<bool> is_output;
+    // The most chains that can ever be ready at once (bounds the useful inter-op concurrency).
+    int width = 1;
+};
+
+ExecutionPlan make_execution_plan(Graph graph);
+
+}  // namespace keel::runtime
