@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 // The subcommands of the `keel` tool. main.cpp only parses the command line; each command lives in
 // its own file and returns the process exit status.
@@ -47,5 +48,24 @@ struct BenchArguments {
 };
 inline constexpr int kBenchFailed = 2;
 int run_bench(const BenchArguments& arguments);
+
+// `keel graph-run MODEL.json --weights DIR --input x.npy --out DIR ...`: runs a Keras functional
+// model (README, "keel graph-run"). Numbers stay text until run_graph_run validates them.
+struct GraphRunArguments {
+    std::filesystem::path model;
+    std::filesystem::path weights;
+    std::vector<std::filesystem::path> inputs;
+    std::filesystem::path out_dir;
+    bool training = false;
+    bool no_optimize = false;
+    std::string repeat = "20";
+    bool repeat_given = false;
+    std::string threads;
+    std::string requests;
+};
+inline constexpr int kGraphRunFailed = 2;
+// Concurrent results differed from the single-threaded one.
+inline constexpr int kGraphRunMismatch = 1;
+int run_graph_run(const GraphRunArguments& arguments);
 
 }  // namespace keel::cli

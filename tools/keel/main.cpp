@@ -90,7 +90,38 @@ int main(int argc, char** argv) {
     bench->add_option("--threads", bench_arguments.threads,
                       "Threads; default: KEEL_NUM_THREADS, else every core");
 
+    keel::cli::GraphRunArguments graph_run_arguments;
+    CLI::App* graph_run = app.add_subcommand(
+        "graph-run",
+        "Run a Keras functional model (model.to_json() + weights as DIR/<layer>/<variable>.npy) "
+        "on .npy inputs; writes DIR/<output>.npy and DIR/result.json (exit status 2 and an "
+        "\"error\" object on failure, 1 when concurrent results differ)");
+    graph_run->add_option("model", graph_run_arguments.model, "The model config (JSON)")
+        ->required();
+    graph_run->add_option("--weights", graph_run_arguments.weights, "Weights directory")
+        ->required();
+    graph_run
+        ->add_option("--input", graph_run_arguments.inputs,
+                     "Input .npy, once per model input in order")
+        ->required();
+    graph_run->add_option("--out", graph_run_arguments.out_dir, "Output directory (created)")
+        ->required();
+    graph_run->add_flag("--training", graph_run_arguments.training,
+                        "One training-mode run; also writes DIR/variables/<layer>/<moving_*>.npy");
+    graph_run->add_flag("--no-optimize", graph_run_arguments.no_optimize,
+                        "Run the graph as written (no folding or fusion)");
+    CLI::Option* repeat = graph_run
+                              ->add_option("--repeat", graph_run_arguments.repeat,
+                                           "Timed inference runs after one warm-up")
+                              ->capture_default_str();
+    graph_run->add_option("--threads", graph_run_arguments.threads,
+                          "With --requests: serving threads");
+    graph_run->add_option("--requests", graph_run_arguments.requests,
+                          "With --threads: inference requests served concurrently and checked "
+                          "against the single-threaded result");
+
     CLI11_PARSE(app, argc, argv);
+    graph_run_arguments.repeat_given = repeat->count() > 0;
 
     if (*info) {
         return guarded([] { return keel::cli::run_info(); });
@@ -103,6 +134,9 @@ int main(int argc, char** argv) {
     }
     if (*bench) {
         return guarded([&] { return keel::cli::run_bench(bench_arguments); });
+    }
+    if (*graph_run) {
+        return guarded([&] { return keel::cli::run_graph_run(graph_run_arguments); });
     }
     return 1;
 }
