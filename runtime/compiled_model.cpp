@@ -5,8 +5,8 @@
 #include <optional>
 #include <thread>
 
-#include <keel/engine/error.hpp>
 #include <spdlog/spdlog.h>
+#include <keel/engine/error.hpp>
 
 #include <keel/engine/logging.hpp>
 
@@ -42,9 +42,9 @@ std::vector<VariableSnapshot> take_snapshots(const CompiledModel& model) {
 
 void check_inputs(const CompiledModel& model, std::span<const Tensor> inputs) {
     if (inputs.size() != model.input_names.size()) {
-        throw invalid_argument(kWhere, "inputs", std::to_string(inputs.size()) + " tensors",
-                               std::to_string(model.input_names.size()) +
-                                   " (one per model input, in compile order)");
+        throw invalid_argument(
+            kWhere, "inputs", std::to_string(inputs.size()) + " tensors",
+            std::to_string(model.input_names.size()) + " (one per model input, in compile order)");
     }
     for (std::size_t i = 0; i < inputs.size(); ++i) {
         const Shape& expected = model.input_shapes[i];

@@ -27,12 +27,13 @@ ExecutionPlan make_execution_plan(Graph graph) {
         if (distinct_inputs.size() == 1) {
             const int value = node.inputs.front();
             const int producer = graph.values[static_cast<std::size_t>(value)].producer;
-            const bool sole_consumer = consumers[static_cast<std::size_t>(value)].size() ==
-                                       node.inputs.size();
+            const bool sole_consumer =
+                consumers[static_cast<std::size_t>(value)].size() == node.inputs.size();
             if (producer >= 0 && sole_consumer &&
                 !plan.is_output[static_cast<std::size_t>(value)]) {
                 const int chain = chain_of[static_cast<std::size_t>(producer)];
-                if (plan.chains[static_cast<std::size_t>(chain)].back() == producer) extends = chain;
+                if (plan.chains[static_cast<std::size_t>(chain)].back() == producer)
+                    extends = chain;
             }
         }
         if (extends == -1) {
@@ -71,8 +72,8 @@ ExecutionPlan make_execution_plan(Graph graph) {
         if (plan.chain_predecessor_count[c] == 0) ++roots;
         widest_fan_out = std::max(widest_fan_out, plan.chain_successors[c].size());
     }
-    plan.width = static_cast<int>(std::max<std::size_t>(static_cast<std::size_t>(roots),
-                                                        widest_fan_out));
+    plan.width =
+        static_cast<int>(std::max<std::size_t>(static_cast<std::size_t>(roots), widest_fan_out));
     plan.graph = std::move(graph);
     return plan;
 }

@@ -18,7 +18,8 @@ std::shared_ptr<const std::vector<Tensor>> DerivedVariables::get(
 std::vector<std::vector<int>> Graph::consumers() const {
     std::vector<std::vector<int>> result(values.size());
     for (std::size_t n = 0; n < nodes.size(); ++n) {
-        for (int value : nodes[n].inputs) result[static_cast<std::size_t>(value)].push_back(static_cast<int>(n));
+        for (int value : nodes[n].inputs)
+            result[static_cast<std::size_t>(value)].push_back(static_cast<int>(n));
     }
     return result;
 }

@@ -38,9 +38,9 @@ class DerivedVariables {
 };
 
 struct GraphValue {
-    Shape shape;       // -1 = unknown until run time
-    int producer = -1; // node index; -1 for a model input
-    std::string name;  // input name, or the producing layer's name
+    Shape shape;        // -1 = unknown until run time
+    int producer = -1;  // node index; -1 for a model input
+    std::string name;   // input name, or the producing layer's name
 };
 
 struct GraphNode {

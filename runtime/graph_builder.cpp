@@ -55,10 +55,10 @@ SymbolicTensor GraphBuilder::input(const Shape& shape, std::string name,
 int GraphBuilder::value_of(const SymbolicTensor& tensor, const std::string& where) const {
     if (tensor.builder_ != impl_.get() || tensor.value_ < 0 ||
         tensor.value_ >= static_cast<int>(impl_->graph.values.size())) {
-        throw invalid_argument(where, "tensor",
-                               tensor.name_.empty() ? std::string("(empty)")
-                                                    : "'" + tensor.name_ + "'",
-                               "a tensor made by this GraphBuilder (input() or apply())");
+        throw invalid_argument(
+            where, "tensor",
+            tensor.name_.empty() ? std::string("(empty)") : "'" + tensor.name_ + "'",
+            "a tensor made by this GraphBuilder (input() or apply())");
     }
     return tensor.value_;
 }
@@ -128,7 +128,8 @@ Model GraphBuilder::compile(const std::vector<SymbolicTensor>& inputs,
         }
         selected.inputs.push_back(value);
     }
-    for (const SymbolicTensor& tensor : outputs) selected.outputs.push_back(value_of(tensor, where));
+    for (const SymbolicTensor& tensor : outputs)
+        selected.outputs.push_back(value_of(tensor, where));
 
     // Walk back from the outputs: the nodes they need, and the inputs those reach.
     std::vector<bool> needed(graph.nodes.size(), false);
@@ -141,8 +142,7 @@ Model GraphBuilder::compile(const std::vector<SymbolicTensor>& inputs,
         if (graph_value.producer == -1) {
             if (std::find(selected.inputs.begin(), selected.inputs.end(), value) ==
                 selected.inputs.end()) {
-                throw invalid_argument(where, "inputs",
-                                       "a list without '" + graph_value.name + "'",
+                throw invalid_argument(where, "inputs", "a list without '" + graph_value.name + "'",
                                        "every input the outputs depend on (graph disconnected: '" +
                                            graph_value.name + "' feeds an output)");
             }

@@ -42,9 +42,10 @@ TensorReference reference_from_history(const json& history, const std::string& w
     TensorReference reference{history[0].get<std::string>(), history[1].get<int>(),
                               history[2].get<int>()};
     if (reference.tensor != 0) {
-        throw unsupported(where, "tensor index " + std::to_string(reference.tensor) + " of '" +
-                                     reference.layer + "'",
-                          "every keel layer has exactly one output (tensor index 0)");
+        throw unsupported(
+            where,
+            "tensor index " + std::to_string(reference.tensor) + " of '" + reference.layer + "'",
+            "every keel layer has exactly one output (tensor index 0)");
     }
     return reference;
 }
@@ -118,7 +119,8 @@ std::vector<TensorReference> parse_endpoints(const json& endpoints, const char* 
     if (endpoints[0].is_string()) {
         references.push_back(reference_from_history(endpoints, where));
     } else {
-        for (const json& entry : endpoints) references.push_back(reference_from_history(entry, where));
+        for (const json& entry : endpoints)
+            references.push_back(reference_from_history(entry, where));
     }
     return references;
 }
@@ -131,7 +133,8 @@ struct LayerEntry {
 };
 
 LayerEntry parse_layer_entry(const json& entry, std::size_t index) {
-    const std::string where = std::string(kWhere) + ": config.layers[" + std::to_string(index) + "]";
+    const std::string where =
+        std::string(kWhere) + ": config.layers[" + std::to_string(index) + "]";
     if (!entry.is_object()) throw invalid_argument(where, "layer", shorten(entry), "a JSON object");
     LayerEntry layer;
     for (const auto& [key, value] : entry.items()) {
@@ -180,9 +183,9 @@ std::pair<Shape, std::optional<std::int64_t>> input_shape(const LayerEntry& entr
                 throw unsupported(where, key + " = " + shorten(value), "keel has dense tensors");
             }
         } else if (key == "dtype") {
-            const std::string dtype =
-                value.is_string() ? value.get<std::string>()
-                                  : value.value("config", json::object()).value("name", "");
+            const std::string dtype = value.is_string()
+                                          ? value.get<std::string>()
+                                          : value.value("config", json::object()).value("name", "");
             if (dtype != "float32") {
                 throw unsupported(where, "dtype = " + shorten(value), "float32 model inputs");
             }
@@ -191,10 +194,11 @@ std::pair<Shape, std::optional<std::int64_t>> input_shape(const LayerEntry& entr
                                    "batch_input_shape/batch_shape, dtype, sparse, ragged, name");
         }
     }
-    const bool valid = shape.is_array() && !shape.empty() &&
-                       std::all_of(shape.begin(), shape.end(), [](const json& dim) {
-                           return dim.is_null() || (dim.is_number_integer() && dim.get<std::int64_t>() >= 0);
-                       });
+    const bool valid =
+        shape.is_array() && !shape.empty() &&
+        std::all_of(shape.begin(), shape.end(), [](const json& dim) {
+            return dim.is_null() || (dim.is_number_integer() && dim.get<std::int64_t>() >= 0);
+        });
     if (!valid) {
         throw invalid_argument(where, "batch_input_shape", shorten(shape),
                                "a list of sizes (null = unknown) starting with the batch");
@@ -277,7 +281,8 @@ Model load_keras_model(const json& document, const fs::path& weights_dir, const 
         const LayerEntry& entry = entries[i];
         if (entry.class_name == "InputLayer") {
             const auto [shape, batch] = input_shape(entry);
-            produced.emplace(std::make_pair(entry.name, 0), builder.input(shape, entry.name, batch));
+            produced.emplace(std::make_pair(entry.name, 0),
+                             builder.input(shape, entry.name, batch));
             continue;
         }
         for (std::size_t n = 0; n < entry.nodes.size(); ++n) {
@@ -306,7 +311,8 @@ Model load_keras_model(const json& document, const fs::path& weights_dir, const 
                 continue;
             }
             if (!layers[index]) layers[index] = make_layer(entry.class_name, entry.config, engine);
-            produced.emplace(std::make_pair(entry.name, node), builder.apply(layers[index], inputs));
+            produced.emplace(std::make_pair(entry.name, node),
+                             builder.apply(layers[index], inputs));
         }
         if (waiting.size() == pending.size()) {
             std::string names;
@@ -324,16 +330,18 @@ Model load_keras_model(const json& document, const fs::path& weights_dir, const 
     const auto endpoint = [&](const TensorReference& reference, const char* key) {
         const auto found = produced.find({reference.layer, reference.node});
         if (found == produced.end()) {
-            throw invalid_argument(kWhere, key,
-                                   "'" + reference.layer + "' node " + std::to_string(reference.node),
-                                   "a node of a layer of this model");
+            throw invalid_argument(
+                kWhere, key, "'" + reference.layer + "' node " + std::to_string(reference.node),
+                "a node of a layer of this model");
         }
         return found->second;
     };
     std::vector<SymbolicTensor> inputs;
     std::vector<SymbolicTensor> outputs;
-    for (const TensorReference& reference : input_refs) inputs.push_back(endpoint(reference, "input_layers"));
-    for (const TensorReference& reference : output_refs) outputs.push_back(endpoint(reference, "output_layers"));
+    for (const TensorReference& reference : input_refs)
+        inputs.push_back(endpoint(reference, "input_layers"));
+    for (const TensorReference& reference : output_refs)
+        outputs.push_back(endpoint(reference, "output_layers"));
     // Weights go in before compile: folded weights are derived from them lazily anyway, but a
     // missing file should fail before any compile work.
     Model model = builder.compile(inputs, outputs, CompileOptions{.optimize = false});
@@ -357,7 +365,8 @@ Model load_keras_model(const fs::path& config_file, const fs::path& weights_dir,
     return load_keras_model(document, weights_dir, engine, options);
 }
 
-void save_keras_model(const Model& model, const fs::path& config_file, const fs::path& weights_dir) {
+void save_keras_model(const Model& model, const fs::path& config_file,
+                      const fs::path& weights_dir) {
     const runtime::CompiledModel& compiled = runtime::ModelAccess::compiled(model);
     const runtime::Graph& graph = compiled.training_plan.graph;
     json layers = json::array();
@@ -384,8 +393,8 @@ void save_keras_model(const Model& model, const fs::path& config_file, const fs:
         json inbound = json::array();
         for (int input : node.inputs) {
             const runtime::GraphValue& value = graph.values[static_cast<std::size_t>(input)];
-            inbound.push_back({value.name, node_index[static_cast<std::size_t>(input)], 0,
-                               json::object()});
+            inbound.push_back(
+                {value.name, node_index[static_cast<std::size_t>(input)], 0, json::object()});
         }
         const auto known = entry_of.find(&layer);
         if (known != entry_of.end()) {
@@ -413,7 +422,7 @@ void save_keras_model(const Model& model, const fs::path& config_file, const fs:
                              {"input_layers", endpoints(graph.inputs)},
                              {"output_layers", endpoints(graph.outputs)}}}};
     fs::create_directories(config_file.parent_path().empty() ? fs::path(".")
-                                                              : config_file.parent_path());
+                                                             : config_file.parent_path());
     std::ofstream(config_file) << document.dump(2) << '\n';
     for (const auto& layer : compiled.layers) {
         for (const std::string& variable : layer->variable_names()) {

@@ -24,9 +24,7 @@ const std::vector<std::string>& Model::output_names() const noexcept {
     return compiled_->output_names;
 }
 const std::vector<Shape>& Model::input_shapes() const noexcept { return compiled_->input_shapes; }
-const std::vector<Shape>& Model::output_shapes() const noexcept {
-    return compiled_->output_shapes;
-}
+const std::vector<Shape>& Model::output_shapes() const noexcept { return compiled_->output_shapes; }
 
 std::vector<std::shared_ptr<Layer>> Model::layers() const { return compiled_->layers; }
 
@@ -35,7 +33,8 @@ Layer& Model::layer(std::string_view name) const {
         if (layer->name() == name) return *layer;
     }
     std::string known;
-    for (const auto& layer : compiled_->layers) known += (known.empty() ? "" : ", ") + layer->name();
+    for (const auto& layer : compiled_->layers)
+        known += (known.empty() ? "" : ", ") + layer->name();
     throw invalid_argument("Model", "layer", "'" + std::string(name) + "'",
                            "one of the model's layers: " + known);
 }

@@ -17,7 +17,9 @@ namespace {
 class ChainRunner {
   public:
     ChainRunner(const ExecutionPlan& plan, RunState& state, int operation_threads)
-        : plan_(plan), state_(state), operation_threads_(operation_threads),
+        : plan_(plan),
+          state_(state),
+          operation_threads_(operation_threads),
           remaining_consumers_(plan.value_consumer_count.size()) {
         for (std::size_t v = 0; v < remaining_consumers_.size(); ++v) {
             remaining_consumers_[v].store(plan.value_consumer_count[v], std::memory_order_relaxed);
@@ -35,7 +37,8 @@ class ChainRunner {
         const GraphNode& node = plan_.graph.nodes[index];
         std::vector<Tensor> inputs;
         inputs.reserve(node.inputs.size());
-        for (int value : node.inputs) inputs.push_back(state_.values[static_cast<std::size_t>(value)]);
+        for (int value : node.inputs)
+            inputs.push_back(state_.values[static_cast<std::size_t>(value)]);
         const ForwardContext context{inputs, *state_.node_variables[index], state_.training,
                                      state_.node_updates[index]};
         state_.values[static_cast<std::size_t>(node.output)] = node.layer->forward(context);
@@ -61,7 +64,9 @@ class ChainRunner {
 class ParallelSchedule {
   public:
     ParallelSchedule(const ExecutionPlan& plan, ChainRunner& runner, int limit)
-        : plan_(plan), runner_(runner), limit_(limit),
+        : plan_(plan),
+          runner_(runner),
+          limit_(limit),
           predecessors_(plan.chain_predecessor_count) {}
 
     void run() {
@@ -129,8 +134,8 @@ class ParallelSchedule {
 
 }  // namespace
 
-void execute_plan(const Engine& engine, const ExecutionPlan& plan, RunState& state,
-                  int concurrency, int operation_threads) {
+void execute_plan(const Engine& engine, const ExecutionPlan& plan, RunState& state, int concurrency,
+                  int operation_threads) {
     ChainRunner runner(plan, state, operation_threads);
     if (concurrency <= 1 || plan.width <= 1) {
         // A serial schedule: the chains in their topological order, on the caller's thread.

@@ -26,7 +26,7 @@ struct RunState {
 // Runs every chain of `plan`, at most `concurrency` at once, each operation with at most
 // `operation_threads` threads. Rethrows the first node's exception after the running chains
 // stopped; chains not started by then never start.
-void execute_plan(const Engine& engine, const ExecutionPlan& plan, RunState& state,
-                  int concurrency, int operation_threads);
+void execute_plan(const Engine& engine, const ExecutionPlan& plan, RunState& state, int concurrency,
+                  int operation_threads);
 
 }  // namespace keel::runtime

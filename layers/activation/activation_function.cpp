@@ -286,8 +286,9 @@ void ActivationFunction::apply_in_place(const Engine& engine, Tensor& values) co
             const auto t = static_cast<float>(threshold);
             const auto top = static_cast<float>(max_value);
             const auto slope = static_cast<float>(negative_slope);
+            // Adding +0 turns the −0 that 0·(t − x) gives for slope 0 into tf.nn.relu's +0.
             for_each_element(engine, data, count, [=](float x) {
-                return x > t ? std::min(x, top) : -(slope * (t - x));
+                return x > t ? std::min(x, top) : -(slope * (t - x)) + 0.0f;
             });
             return;
         }

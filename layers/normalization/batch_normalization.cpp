@@ -386,6 +386,27 @@ struct StagedUpdates {
 }  // namespace
 
 Tensor BatchNormalization::forward(const ForwardContext& context) const {
+    return compute(context, false);
+}
+
+Tensor BatchNormalization::forward_then_relu(const ForwardContext& context) const {
+    return compute(context, true);
+}
+
+namespace {
+
+// max(y, 0) for the paths whose kernel has no fused ReLU (oneDNN, the reference, adjustments).
+// Rounding to a 16-bit dtype keeps the sign, so applying it after rounding changes nothing.
+void relu_in_place(Tensor& y) {
+    for (std::int64_t i = 0; i < y.element_count(); ++i) {
+        const float value = y.get(i);
+        if (value < 0.0f) y.set(i, 0.0f);
+    }
+}
+
+}  // namespace
+
+Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu) const {
     const Impl& impl = *impl_;
     const BatchNormalizationOptions& options = impl.options;
     const std::string where = describe();
@@ -508,12 +529,16 @@ Tensor BatchNormalization::forward(const ForwardContext& context) const {
     report.path = plan.path == KernelPath::onednn ? "onednn" : "custom";
     report.implementation = plan.implementation;
 
-    auto run_custom = [&](const NormalizeCoefficients& coefficients) {
+    // keel's normalize kernel applies a requested ReLU in its own pass; the other paths after.
+    auto run_custom = [&](NormalizeCoefficients& coefficients) {
         if (plan.path == KernelPath::reference) {
             reference_normalize(x, geometry, coefficients, adjustment ? &*adjustment : nullptr, y);
+            if (then_relu) relu_in_place(y);
         } else {
+            coefficients.relu = then_relu && !adjustment;
             normalize(impl.engine, x, geometry, coefficients, adjustment ? &*adjustment : nullptr,
                       y);
+            if (then_relu && adjustment) relu_in_place(y);
         }
     };
 
@@ -525,6 +550,7 @@ Tensor BatchNormalization::forward(const ForwardContext& context) const {
                                  moving_mean.data_as<float>(), moving_variance.data_as<float>(),
                                  options.scale ? gamma.data() : nullptr,
                                  options.center ? beta.data() : nullptr, y);
+            if (then_relu) relu_in_place(y);
         } else {
             const float* mean = moving_mean.data_as<float>();
             const float* variance = moving_variance.data_as<float>();

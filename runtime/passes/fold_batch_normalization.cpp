@@ -22,7 +22,8 @@ int channel_axis(const Layer& producer, int rank) {
 
 std::optional<FoldMatch> match_fold_batch_normalization(const Graph& graph, int node) {
     const GraphNode& candidate = graph.nodes[static_cast<std::size_t>(node)];
-    const auto* batch_normalization = dynamic_cast<const BatchNormalization*>(candidate.layer.get());
+    const auto* batch_normalization =
+        dynamic_cast<const BatchNormalization*>(candidate.layer.get());
     if (batch_normalization == nullptr || candidate.derived || candidate.inputs.size() != 1) {
         return std::nullopt;
     }
@@ -35,7 +36,8 @@ std::optional<FoldMatch> match_fold_batch_normalization(const Graph& graph, int 
     const Shape& shape = graph.values[static_cast<std::size_t>(conv.output)].shape;
     const int rank = static_cast<int>(shape.size());
     const int axis = channel_axis(*conv.layer, rank);
-    if (batch_normalization->axes() != std::vector<int>{axis} || shape[static_cast<std::size_t>(axis)] < 0) {
+    if (batch_normalization->axes() != std::vector<int>{axis} ||
+        shape[static_cast<std::size_t>(axis)] < 0) {
         return std::nullopt;
     }
     return FoldMatch{*producer, node};
@@ -45,15 +47,15 @@ std::string apply_fold_batch_normalization(const Engine& engine, Graph& graph,
                                            const FoldMatch& match) {
     GraphNode& conv = graph.nodes[static_cast<std::size_t>(match.producer)];
     GraphNode& bn = graph.nodes[static_cast<std::size_t>(match.batch_normalization)];
-    const auto batch_normalization =
-        std::static_pointer_cast<const BatchNormalization>(bn.layer);
+    const auto batch_normalization = std::static_pointer_cast<const BatchNormalization>(bn.layer);
 
     nlohmann::json config = conv.layer->get_config();
     const bool had_bias = config.value("use_bias", true);
     config["use_bias"] = true;
     std::shared_ptr<Layer> folded = make_layer(conv.layer->class_name(), config, engine);
     std::vector<Shape> input_shapes;
-    for (int value : conv.inputs) input_shapes.push_back(graph.values[static_cast<std::size_t>(value)].shape);
+    for (int value : conv.inputs)
+        input_shapes.push_back(graph.values[static_cast<std::size_t>(value)].shape);
     folded->build(input_shapes);
 
     const std::string name =
@@ -71,7 +73,8 @@ std::string apply_fold_batch_normalization(const Engine& engine, Graph& graph,
         const float* k = kernel.data_as<float>();
         float* out = folded_kernel.data_as<float>();
         for (std::int64_t i = 0; i < kernel.element_count(); ++i) {
-            out[i] = static_cast<float>(k[i] * affine.scale[static_cast<std::size_t>(i % channels)]);
+            out[i] =
+                static_cast<float>(k[i] * affine.scale[static_cast<std::size_t>(i % channels)]);
         }
         Tensor folded_bias = Tensor::uninitialized({channels}, DType::f32);
         float* b = folded_bias.data_as<float>();

@@ -17,8 +17,8 @@
 namespace keel::runtime {
 
 struct FoldMatch {
-    int producer = -1;            // node index of the conv / Dense
-    int batch_normalization = -1; // node index of the BatchNormalization
+    int producer = -1;             // node index of the conv / Dense
+    int batch_normalization = -1;  // node index of the BatchNormalization
 };
 
 std::optional<FoldMatch> match_fold_batch_normalization(const Graph& graph, int node);

@@ -9,33 +9,15 @@
 #include "runtime/passes/pass.hpp"
 
 namespace keel::runtime {
-namespace {
-
-// The Keras activation identifier an activation layer applies, when it has one.
-std::optional<nlohmann::json> activation_identifier(const Layer& layer) {
-    const nlohmann::json config = layer.get_config();
-    if (layer.class_name() == "Activation") return config.at("activation");
-    if (layer.class_name() == "ReLU") {
-        // Only a plain ReLU layer is the "relu" activation; its other arguments have no post-op
-        // of the same formula.
-        const bool plain = config.value("max_value", nlohmann::json()).is_null() &&
-                           config.value("negative_slope", 0.0) == 0.0 &&
-                           config.value("threshold", 0.0) == 0.0;
-        if (plain) return nlohmann::json("relu");
-    }
-    return std::nullopt;
-}
-
-}  // namespace
 
 std::optional<ActivationMatch> match_fuse_activation(const Graph& graph, int node) {
     const GraphNode& candidate = graph.nodes[static_cast<std::size_t>(node)];
     if (candidate.inputs.size() != 1) return std::nullopt;
-    const std::optional<nlohmann::json> identifier = activation_identifier(*candidate.layer);
+    const std::optional<nlohmann::json> identifier =
+        passes::activation_identifier(*candidate.layer);
     if (!identifier) return std::nullopt;
-    const activation::ActivationFunction function =
-        activation::ActivationFunction::from_keras(*identifier, candidate.layer->name(),
-                                                   "activation");
+    const activation::ActivationFunction function = activation::ActivationFunction::from_keras(
+        *identifier, candidate.layer->name(), "activation");
     dnnl::post_ops probe;
     if (function.is_linear() || !function.append_post_op(probe)) return std::nullopt;
 
@@ -44,8 +26,9 @@ std::optional<ActivationMatch> match_fuse_activation(const Graph& graph, int nod
     if (!passes::is_linear_producer(graph.nodes[static_cast<std::size_t>(*producer)])) {
         return std::nullopt;
     }
-    return ActivationMatch{*producer, node, identifier->is_string() ? identifier->get<std::string>()
-                                                                     : identifier->dump()};
+    return ActivationMatch{
+        *producer, node,
+        identifier->is_string() ? identifier->get<std::string>() : identifier->dump()};
 }
 
 std::string apply_fuse_activation(const Engine& engine, Graph& graph,
@@ -56,7 +39,8 @@ std::string apply_fuse_activation(const Engine& engine, Graph& graph,
         "fuse_activation:" + producer.layer->name() + "+" + activation.layer->name();
 
     nlohmann::json config = producer.layer->get_config();
-    config["activation"] = activation.layer->get_config().value("activation", nlohmann::json("relu"));
+    config["activation"] =
+        activation.layer->get_config().value("activation", nlohmann::json("relu"));
     std::shared_ptr<Layer> fused = make_layer(producer.layer->class_name(), config, engine);
     std::vector<Shape> input_shapes;
     for (int value : producer.inputs) {

@@ -6,6 +6,7 @@
 
 #include "runtime/passes/fold_batch_normalization.hpp"
 #include "runtime/passes/fuse_activation.hpp"
+#include "runtime/passes/fuse_batch_normalization_relu.hpp"
 
 namespace keel::runtime {
 namespace passes {
@@ -32,6 +33,19 @@ bool is_linear_producer(const GraphNode& node) {
     const nlohmann::json config = node.layer->get_config();
     const auto activation = config.find("activation");
     return activation == config.end() || activation->is_null() || *activation == "linear";
+}
+
+std::optional<nlohmann::json> activation_identifier(const Layer& layer) {
+    const nlohmann::json config = layer.get_config();
+    if (layer.class_name() == "Activation") return config.at("activation");
+    if (layer.class_name() == "ReLU") {
+        // Only a plain ReLU layer is the "relu" activation; its other arguments change the formula.
+        const bool plain = config.value("max_value", nlohmann::json()).is_null() &&
+                           config.value("negative_slope", 0.0) == 0.0 &&
+                           config.value("threshold", 0.0) == 0.0;
+        if (plain) return nlohmann::json("relu");
+    }
+    return std::nullopt;
 }
 
 void remove_dead_nodes(Graph& graph) {
@@ -66,6 +80,17 @@ InferenceRewrite rewrite_for_inference(const Engine& engine, Graph graph) {
         }
         if (!match) break;
         rewrite.applied.push_back(apply_fuse_activation(engine, graph, *match));
+        passes::remove_dead_nodes(graph);
+    }
+    // Last: a BatchNormalization that could be folded is gone by now, and one whose ReLU went into
+    // a convolution has none left to fuse.
+    for (;;) {
+        std::optional<BatchNormalizationReluMatch> match;
+        for (std::size_t n = 0; n < graph.nodes.size() && !match; ++n) {
+            match = match_fuse_batch_normalization_relu(graph, static_cast<int>(n));
+        }
+        if (!match) break;
+        rewrite.applied.push_back(apply_fuse_batch_normalization_relu(graph, *match));
         passes::remove_dead_nodes(graph);
     }
     rewrite.graph = std::move(graph);

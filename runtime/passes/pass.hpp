@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include <keel/engine/engine.hpp>
 
 #include "runtime/graph.hpp"
@@ -30,6 +32,9 @@ std::optional<int> sole_producer(const Graph& graph, int value);
 
 // Keras' convolution and Dense layers, whose kernel and bias a rewrite may change.
 bool is_linear_producer(const GraphNode& node);
+
+// The Keras activation an Activation layer or a plain ReLU layer applies ("relu", ...), if any.
+std::optional<nlohmann::json> activation_identifier(const Layer& layer);
 
 // Removes the nodes whose layer was reset and renumbers the rest (values keep their indices;
 // those of removed nodes are left without producer or consumer).

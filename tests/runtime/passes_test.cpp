@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include <gtest/gtest.h>
 
@@ -223,6 +224,33 @@ TEST(Passes, NoFoldAcrossASecondConsumerANonlinearityOrAnActivation) {
         const SymbolicTensor conv_out = graph.apply(conv("conv_output", 2, true), {x});
         const SymbolicTensor y = graph.apply(bn("bn_output"), {conv_out});
         EXPECT_TRUE(graph.compile({x}, {y, conv_out}).passes().empty());
+    }
+}
+
+// A BatchNormalization that cannot be folded (no conv before it) still takes its ReLU into its
+// own pass; clamping a value rounds nothing, so every value is identical and NaN stays NaN.
+TEST(Passes, BatchNormalizationReluFusesWithIdenticalValues) {
+    for (const int axis : {-1, 1}) {
+        GraphBuilder graph;
+        const SymbolicTensor x = graph.input({5, 6, 7}, "x");
+        auto b = bn("bn_relu_" + std::to_string(axis + 1), axis);
+        const SymbolicTensor y =
+            graph.apply(relu("relu_" + std::to_string(axis + 1)), {graph.apply(b, {x})});
+        const Compiled models = compile_both(graph, x, y);
+        set_statistics(*b, axis == 1 ? 5 : 7);
+        ASSERT_EQ(models.optimized.passes().size(), 1U);
+        EXPECT_EQ(models.optimized.passes()[0].rfind("fuse_batch_normalization_relu:", 0), 0U);
+        Tensor input = grid({3, 5, 6, 7}, 11);
+        input.data_as<float>()[17] = std::numeric_limits<float>::quiet_NaN();
+        const Tensor expected = models.plain.run({input})[0];
+        const Tensor fused = models.optimized.run({input})[0];
+        ASSERT_EQ(fused.shape(), expected.shape());
+        EXPECT_TRUE(std::isnan(fused.get(17)));
+        for (std::int64_t i = 0; i < fused.element_count(); ++i) {
+            if (i != 17) {
+                EXPECT_EQ(fused.get(i), expected.get(i)) << i;
+            }
+        }
     }
 }
 

@@ -47,7 +47,11 @@ class ScaleLayer final : public Layer {
 
   private:
     void build_variables(std::span<const Shape>) override {
-        add_variable("w", {1}, keras::get_initializer(nlohmann::json{{"class_name", "Constant"}, {"config", {{"value", initial_}}}}, name(), "w"), nullptr, nullptr, true);
+        add_variable("w", {1},
+                     keras::get_initializer(nlohmann::json{{"class_name", "Constant"},
+                                                           {"config", {{"value", initial_}}}},
+                                            name(), "w"),
+                     nullptr, nullptr, true);
     }
     float initial_;
 };

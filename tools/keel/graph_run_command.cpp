@@ -90,7 +90,8 @@ double serve(const Model& model, const std::vector<Tensor>& inputs,
 
 json run_graph(const GraphRunArguments& arguments) {
     const int repeat = parse_count(arguments.repeat, "--repeat", 1);
-    const int threads = arguments.threads.empty() ? 0 : parse_count(arguments.threads, "--threads", 1);
+    const int threads =
+        arguments.threads.empty() ? 0 : parse_count(arguments.threads, "--threads", 1);
     const int requests =
         arguments.requests.empty() ? 0 : parse_count(arguments.requests, "--requests", 1);
     if ((threads == 0) != (requests == 0)) {
@@ -107,8 +108,8 @@ json run_graph(const GraphRunArguments& arguments) {
     if (requests > 0) threading.preference = ThreadingOptions::Preference::throughput;
     const Engine engine(threading);
     const bool optimize = !arguments.no_optimize && !arguments.training;
-    const Model model =
-        load_keras_model(arguments.model, arguments.weights, engine, CompileOptions{.optimize = optimize});
+    const Model model = load_keras_model(arguments.model, arguments.weights, engine,
+                                         CompileOptions{.optimize = optimize});
 
     std::vector<Tensor> inputs;
     for (const fs::path& path : arguments.inputs) {
@@ -158,8 +159,8 @@ json run_graph(const GraphRunArguments& arguments) {
     return result;
 }
 
-int report_failure(const fs::path& result_path, std::string_view category,
-                   std::string_view message, int status) {
+int report_failure(const fs::path& result_path, std::string_view category, std::string_view message,
+                   int status) {
     std::cerr << kTool << ": failed (" << category << "): " << message << '\n';
     try {
         write_json(result_path, {{"error", {{"category", category}, {"message", message}}}});

@@ -93,6 +93,9 @@ class BatchNormalization final : public Layer {
     Shape infer_output_shape(std::span<const Shape> input_shapes) const override;
     Tensor forward(const ForwardContext& context) const override;
     bool training_updates_commute() const noexcept override;
+    // forward() followed by max(·, 0), in the same pass over the data on keel's kernels: what the
+    // runtime's BatchNormalization+ReLU fusion runs.
+    Tensor forward_then_relu(const ForwardContext& context) const;
 
     const BatchNormalizationOptions& options() const noexcept;
     DType compute_dtype() const noexcept;
@@ -119,6 +122,7 @@ class BatchNormalization final : public Layer {
 
   private:
     void build_variables(std::span<const Shape> input_shapes) override;
+    Tensor compute(const ForwardContext& context, bool then_relu) const;
 
     struct Impl;
     std::unique_ptr<Impl> impl_;

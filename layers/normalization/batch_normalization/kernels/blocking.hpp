@@ -122,6 +122,7 @@ struct NormalizePlan {
     const float* scale = nullptr;
     const float* shift = nullptr;
     bool with_adjustment = false;
+    bool relu = false;  // then y = max(y, 0), in the same pass
     const float* outer_scale = nullptr;
     const float* outer_shift = nullptr;
     const float* adjustment_scale_values = nullptr;

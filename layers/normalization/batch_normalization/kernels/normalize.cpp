@@ -61,7 +61,8 @@ enum class AdjustmentMode { none, scalars, arrays };
 
 // One vector (kFull) or the first `count` lanes of positions [position, position + count) of a
 // row, whose array operands are read at index `j`.
-template <class In, class Out, bool kStatisticArrays, AdjustmentMode kAdjustment, bool kFull>
+template <class In, class Out, bool kStatisticArrays, AdjustmentMode kAdjustment, bool kRelu,
+          bool kFull>
 HWY_INLINE void normalize_vector(const typename In::Storage* x, typename Out::Storage* y,
                                  std::int64_t position, std::int64_t j, std::size_t count,
                                  const RowOperands& op) {
@@ -114,6 +115,11 @@ HWY_INLINE void normalize_vector(const typename In::Storage* x, typename Out::St
         }
         u = hn::MulAdd(hn::MulAdd(u, adjustment_scale, adjustment_bias), outer_scale, outer_shift);
     }
+    if constexpr (kRelu) {
+        // Zero first: x86's max returns its second operand when one is NaN, so a NaN input stays
+        // NaN through the fused ReLU as it does through the ReLU layer.
+        u = hn::Max(hn::Zero(df), u);
+    }
     if constexpr (kFull) {
         store_from_f32<Out>(df, u, y + position);
     } else {
@@ -125,7 +131,7 @@ HWY_INLINE void normalize_vector(const typename In::Storage* x, typename Out::St
 // a segment's last partial vector is either a whole vector ending at the segment's end, which
 // recomputes and rewrites a few outputs with the same values (only when y does not overlap x,
 // whose inputs the first write would have replaced), or goes through staging buffers.
-template <class In, class Out, bool kStatisticArrays, AdjustmentMode kAdjustment>
+template <class In, class Out, bool kStatisticArrays, AdjustmentMode kAdjustment, bool kRelu>
 void normalize_span(const typename In::Storage* x, typename Out::Storage* y, std::int64_t begin,
                     std::int64_t end, std::int64_t period, bool may_rewrite,
                     const RowOperands& op) {
@@ -133,15 +139,15 @@ void normalize_span(const typename In::Storage* x, typename Out::Storage* y, std
     auto segment = [&](std::int64_t position, std::int64_t j, std::int64_t length) {
         std::int64_t k = 0;
         for (; k + lanes <= length; k += lanes) {
-            normalize_vector<In, Out, kStatisticArrays, kAdjustment, true>(
+            normalize_vector<In, Out, kStatisticArrays, kAdjustment, kRelu, true>(
                 x, y, position + k, j + k, static_cast<std::size_t>(lanes), op);
         }
         if (k < length && may_rewrite && length >= lanes) {
-            normalize_vector<In, Out, kStatisticArrays, kAdjustment, true>(
+            normalize_vector<In, Out, kStatisticArrays, kAdjustment, kRelu, true>(
                 x, y, position + length - lanes, j + length - lanes,
                 static_cast<std::size_t>(lanes), op);
         } else if (k < length) {
-            normalize_vector<In, Out, kStatisticArrays, kAdjustment, false>(
+            normalize_vector<In, Out, kStatisticArrays, kAdjustment, kRelu, false>(
                 x, y, position + k, j + k, static_cast<std::size_t>(length - k), op);
         }
     };
@@ -264,7 +270,7 @@ class OperandResolver {
     std::int64_t built_bias_base_ = -1;
 };
 
-template <class In, class Out, bool kStatisticArrays, AdjustmentMode kAdjustment>
+template <class In, class Out, bool kStatisticArrays, AdjustmentMode kAdjustment, bool kRelu>
 void normalize_units(const NormalizePlan& plan, std::int64_t unit_begin, std::int64_t unit_end) {
     const auto* x = static_cast<const typename In::Storage*>(plan.x);
     auto* y = static_cast<typename Out::Storage*>(plan.y);
@@ -305,7 +311,7 @@ void normalize_units(const NormalizePlan& plan, std::int64_t unit_begin, std::in
         const std::int64_t begin = chunk * plan.chunk_length;
         const std::int64_t end = std::min(plan.row_length, begin + plan.chunk_length);
         const std::int64_t row_start = row * plan.row_length;
-        normalize_span<In, Out, kStatisticArrays, kAdjustment>(
+        normalize_span<In, Out, kStatisticArrays, kAdjustment, kRelu>(
             x + row_start, y + row_start, begin, end, plan.period, plan.may_rewrite_outputs, op);
     }
 }
@@ -322,17 +328,30 @@ void normalize_units_for_formats(const NormalizePlan& plan, std::int64_t begin, 
     }
     switch (adjustment) {
         case AdjustmentMode::none:
-            return statistic_arrays
-                       ? normalize_units<In, Out, true, AdjustmentMode::none>(plan, begin, end)
-                       : normalize_units<In, Out, false, AdjustmentMode::none>(plan, begin, end);
+            // The fused ReLU exists for inference, which never has an adjustment.
+            if (plan.relu) {
+                return statistic_arrays
+                           ? normalize_units<In, Out, true, AdjustmentMode::none, true>(plan, begin,
+                                                                                        end)
+                           : normalize_units<In, Out, false, AdjustmentMode::none, true>(
+                                 plan, begin, end);
+            }
+            return statistic_arrays ? normalize_units<In, Out, true, AdjustmentMode::none, false>(
+                                          plan, begin, end)
+                                    : normalize_units<In, Out, false, AdjustmentMode::none, false>(
+                                          plan, begin, end);
         case AdjustmentMode::scalars:
             return statistic_arrays
-                       ? normalize_units<In, Out, true, AdjustmentMode::scalars>(plan, begin, end)
-                       : normalize_units<In, Out, false, AdjustmentMode::scalars>(plan, begin, end);
+                       ? normalize_units<In, Out, true, AdjustmentMode::scalars, false>(plan, begin,
+                                                                                        end)
+                       : normalize_units<In, Out, false, AdjustmentMode::scalars, false>(
+                             plan, begin, end);
         case AdjustmentMode::arrays:
             return statistic_arrays
-                       ? normalize_units<In, Out, true, AdjustmentMode::arrays>(plan, begin, end)
-                       : normalize_units<In, Out, false, AdjustmentMode::arrays>(plan, begin, end);
+                       ? normalize_units<In, Out, true, AdjustmentMode::arrays, false>(plan, begin,
+                                                                                       end)
+                       : normalize_units<In, Out, false, AdjustmentMode::arrays, false>(plan, begin,
+                                                                                        end);
     }
 }
 
@@ -492,6 +511,7 @@ NormalizePlan make_plan(const Tensor& x, const ReductionGeometry& geometry,
     plan.mean_lo = coefficients.mean_lo.data();
     plan.scale = coefficients.scale.data();
     plan.shift = coefficients.shift.data();
+    plan.relu = coefficients.relu;
     if (adjustment != nullptr) {
         plan.with_adjustment = true;
         plan.outer_scale = adjustment->outer_scale.data();
@@ -599,6 +619,10 @@ void check_arguments(const Tensor& x, const ReductionGeometry& geometry,
     check_size(coefficients.scale, "coefficients.scale");
     check_size(coefficients.shift, "coefficients.shift");
     if (adjustment == nullptr) return;
+    if (coefficients.relu) {
+        throw unsupported(kWhere, "relu with an adjustment",
+                          "the fused ReLU serves inference, which has no adjustment");
+    }
     check_size(adjustment->outer_scale, "adjustment.outer_scale");
     check_size(adjustment->outer_shift, "adjustment.outer_shift");
     auto check_tensor = [&](const Tensor& tensor, std::string_view name) {

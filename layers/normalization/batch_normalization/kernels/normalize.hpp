@@ -27,6 +27,9 @@ struct NormalizeCoefficients {
     std::vector<float> mean_lo;  // f32(mean − mean_hi); zeros when the mean is already f32
     std::vector<float> scale;
     std::vector<float> shift;
+    // Then y = max(y, 0) in the same pass (the runtime's BatchNormalization+ReLU fusion). Not with
+    // an adjustment.
+    bool relu = false;
 };
 
 // Splits f64 means into hi/lo f32 pairs.

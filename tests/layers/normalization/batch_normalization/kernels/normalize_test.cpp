@@ -373,6 +373,37 @@ TEST(Normalize, InPlaceGivesTheSameOutputsAsOutOfPlace) {
     }
 }
 
+// The fused ReLU (the runtime's BatchNormalization+ReLU) clamps exactly the unfused outputs, on
+// every target and tail: max(y, 0) rounds nothing, so the comparison is exact.
+TEST(Normalize, FusedReluClampsTheUnfusedOutputs) {
+    std::uint32_t seed = 950;
+    for (const GeometryCase& c : std::vector<GeometryCase>{
+             {{17, 33}, {1}}, {{2, 3, 49}, {1}}, {{3, 70001}, {1}}, {{2, 5, 17}, {1}}}) {
+        for (const DType dtype : kDtypes) {
+            SCOPED_TRACE(describe(c) + " " + std::string(dtype_name(dtype)));
+            Problem problem = make_problem(c, dtype, seed++, std::nullopt);
+            for (const std::int64_t target : compiled_targets()) {
+                TargetScope scope(target);
+                Tensor plain(c.shape, dtype);
+                problem.coefficients.relu = false;
+                normalize(engine_with_threads(2), problem.x, problem.geometry, problem.coefficients,
+                          nullptr, plain);
+                Tensor fused(c.shape, dtype);
+                problem.coefficients.relu = true;
+                normalize(engine_with_threads(2), problem.x, problem.geometry, problem.coefficients,
+                          nullptr, fused);
+                std::int64_t clamped = 0;
+                for (std::int64_t e = 0; e < plain.element_count(); ++e) {
+                    const float expected = std::max(plain.get(e), 0.0f);
+                    clamped += plain.get(e) < 0.0f;
+                    ASSERT_EQ(fused.get(e), expected) << target_name(target) << " element " << e;
+                }
+                EXPECT_GT(clamped, 0);  // the data has negative outputs to clamp
+            }
+        }
+    }
+}
+
 TEST(Normalize, KernelNameNamesTheLayoutTheAdjustmentAndTheDispatchedTarget) {
     const ReductionGeometry nhwc = make_geometry({2, 3, 3, 8}, {3});
     const ReductionGeometry nchw = make_geometry({2, 8, 3, 3}, {1});
