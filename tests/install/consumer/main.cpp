@@ -1,7 +1,9 @@
-// The smallest host application: one BatchNormalization call on a tensor it owns.
+// The smallest host application: one BatchNormalization call on a tensor it owns, and a
+// two-layer graph compiled and run through the runtime.
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <memory>
 #include <vector>
 
 #include <keel/keel.hpp>
@@ -36,6 +38,22 @@ int main() {
             static_cast<int>(keel::version().size()), keel::version().data(),
             keel::shape_to_string(shape).c_str(), report.path.c_str(),
             report.implementation.c_str());
+
+        keel::GraphBuilder graph;
+        const keel::SymbolicTensor x = graph.input({4, 4, 3}, "x");
+        keel::DenseOptions dense;
+        dense.units = 2;
+        const keel::SymbolicTensor y =
+            graph.apply(std::make_shared<keel::Dense>(dense),
+                        {graph.apply(std::make_shared<keel::BatchNormalization>(), {x})});
+        const keel::Tensor graph_output = graph.compile({x}, {y}).run({input})[0];
+        if (graph_output.shape() != keel::Shape{2, 4, 4, 2}) {
+            std::fprintf(stderr, "keel consumer: graph output shape %s\n",
+                         keel::shape_to_string(graph_output.shape()).c_str());
+            return 1;
+        }
+        std::printf("keel consumer: graph output %s\n",
+                    keel::shape_to_string(graph_output.shape()).c_str());
         return 0;
     } catch (const std::exception& error) {
         std::fprintf(stderr, "keel consumer: %s\n", error.what());
