@@ -7,6 +7,10 @@ writes OUT_DIR/results.json (one object per case), OUT_DIR/results.md (Markdown 
 gnuplot is installed, OUT_DIR/results.png (GB/s per case against the bandwidth roof). Standard
 library only.
 
+The graph-level benchmarks (family "graph", perf/runtime/) go to their own "graph" object in
+results.json and a "Graph" section of results.md: latency with and without the inference rewrites,
+serving throughput from 1 and 2 client threads, and peak memory against the activation sizes.
+
 Every figure of a case comes from the same run: its peers ran back to back, and its roof is the
 STREAM round measured just before its shape's group of cases (keel_perf re-measures bandwidth per
 group because it drifts between minutes).
@@ -43,6 +47,26 @@ RATIO_DEFINITIONS = {
     "ordinary and non-temporal stores of STREAM copy (inference) or triad (training) at the same "
     "thread count, from the round measured just before the case",
 }
+
+GRAPH_DEFINITIONS = {
+    "median_ms": "median wall time of one Model::run (latency) or of one iteration of "
+    "`requests` single-sample runs (throughput), per optimize setting",
+    "runs_per_s": "1000 / median_ms: runs per second of one request stream",
+    "optimized_speedup": "unoptimized time / optimized time (> 1: the inference rewrites help)",
+    "two_thread_speedup": "1-thread time / 2-thread time of the same model, batch and optimize "
+    "setting (latency cases with 2 threads)",
+    "peak_bytes": "highest growth of live C++ heap bytes (operator new/delete) during one warm "
+    "run, its output included, its input not",
+    "largest_activation_bytes": "the largest output of any layer of the graph as written (f32)",
+    "activation_bytes": "the sum of every layer's output as written: what a run that kept every "
+    "activation would hold",
+    "peak_over_largest": "peak_bytes / largest_activation_bytes (issue 6: a small multiple for a "
+    "long chain)",
+    "requests_per_s": "single-sample requests served per second of wall time, all clients "
+    "together",
+    "throughput_scaling": "requests_per_s with 2 client threads / with 1 (target >= 1.8)",
+}
+THROUGHPUT_TARGET = 1.8
 
 
 def parse_name(run_name):
@@ -91,13 +115,15 @@ def collect(raw):
     runs = representative_runs(raw["benchmarks"])
     stream = {}  # (group, kernel, stores, threads) -> GB/s
     cases = {}  # (shape, layout, dtype, mode, threads) -> {peer: entry}
+    graph = {}  # (model, batch, mode, "threads" or "clients", count) -> {optimize: entry}
     failures = []
     order = []
+    graph_order = []
     for name, entry in runs.items():
         family, fields = parse_name(name)
         if entry.get("error_occurred"):
             failures.append({"benchmark": name, "error": entry.get("error_message", "")})
-            if family != "batch_normalization":
+            if family not in ("batch_normalization", "graph"):
                 continue
         if family == "stream":
             key = (fields["group"], fields["kernel"], fields["stores"], int(fields["threads"]))
@@ -109,7 +135,15 @@ def collect(raw):
                 cases[key] = {}
                 order.append(key)
             cases[key][fields["peer"]] = entry
-    return stream, cases, order, failures
+        elif family == "graph":
+            workers = "threads" if fields["mode"] == "latency" else "clients"
+            key = (fields["model"], int(fields["batch"]), fields["mode"], workers,
+                   int(fields[workers]))
+            if key not in graph:
+                graph[key] = {}
+                graph_order.append(key)
+            graph[key][fields["optimize"]] = entry
+    return stream, cases, order, failures, graph, graph_order
 
 
 def roof_kernel(mode):
@@ -192,6 +226,161 @@ def add_custom_ratios(cases):
             case["custom_over_plain"] = ratio(case["median_ms"].get("keel"), base)
 
 
+def per_setting(entries, read):
+    """{optimize setting: read(entry)} over the settings that ran without error."""
+    values = {}
+    for setting, entry in entries.items():
+        if not entry.get("error_occurred"):
+            values[setting] = read(entry)
+    return values
+
+
+def build_graph_case(key, entries):
+    model, batch, mode, workers, count = key
+    median_ms = per_setting(entries, milliseconds)
+    case = {
+        "model": model,
+        "batch": batch,
+        "mode": mode,
+        workers: count,
+        "median_ms": median_ms,
+        "cv": {setting: entry["cv"] for setting, entry in entries.items() if "cv" in entry},
+        "optimized_speedup": ratio(median_ms.get("off"), median_ms.get("on")),
+        "rewrites": per_setting(entries, lambda entry: int(entry.get("passes", 0))),
+        "errors": {setting: entry.get("error_message", "")
+                   for setting, entry in entries.items() if entry.get("error_occurred")},
+    }
+    case["noisy"] = sorted(setting for setting, cv in case["cv"].items() if cv > NOISY_CV)
+    if mode == "latency":
+        case["runs_per_s"] = {setting: 1e3 / ms for setting, ms in median_ms.items() if ms > 0}
+        peaks = per_setting(entries, lambda entry: int(entry["peak_bytes"]))
+        sizes = [entry for entry in entries.values() if not entry.get("error_occurred")]
+        largest = int(sizes[0]["largest_activation_bytes"]) if sizes else None
+        total = int(sizes[0]["activation_bytes"]) if sizes else None
+        case.update({
+            "layers": int(sizes[0]["layers"]) if sizes else None,
+            "peak_bytes": peaks,
+            "largest_activation_bytes": largest,
+            "activation_bytes": total,
+            "peak_over_largest": {setting: ratio(peak, largest) for setting, peak in peaks.items()},
+        })
+    else:
+        requests = per_setting(entries, lambda entry: int(entry["requests"]))
+        case["requests"] = requests
+        case["requests_per_s"] = {setting: ratio(requests[setting] * 1e3, ms)
+                                  for setting, ms in median_ms.items()}
+    return case
+
+
+def add_graph_ratios(graph_cases):
+    """Ratios between cases: 2-thread over 1-thread latency, 2-client over 1-client throughput."""
+    by_key = {(case["model"], case["batch"], case["mode"],
+               case.get("threads", case.get("clients"))): case for case in graph_cases}
+    for case in graph_cases:
+        if case["mode"] == "latency" and case["threads"] == 2:
+            single = by_key.get((case["model"], case["batch"], "latency", 1))
+            if single:
+                case["two_thread_speedup"] = {
+                    setting: ratio(single["median_ms"].get(setting), ms)
+                    for setting, ms in case["median_ms"].items()}
+        if case["mode"] == "throughput" and case["clients"] == 2:
+            single = by_key.get((case["model"], case["batch"], "throughput", 1))
+            if single:
+                case["throughput_scaling"] = {
+                    setting: ratio(rate, single["requests_per_s"].get(setting))
+                    for setting, rate in case["requests_per_s"].items()}
+
+
+def mebibytes(value):
+    return number(value / 2**20 if value is not None else None)
+
+
+def graph_markdown(graph_cases, context):
+    latency = [case for case in graph_cases if case["mode"] == "latency"]
+    throughput = [case for case in graph_cases if case["mode"] == "throughput"]
+    lines = [
+        "",
+        "## Graph",
+        "",
+        "Model::run on graphs built with GraphBuilder (perf/runtime/resnet_stack_bench.cpp): "
+        "`resnet_stack` = stem Conv 3x3/64 → BN → ReLU on [N,56,56,64], 4 residual blocks "
+        "Conv→BN→ReLU→Conv→BN→Add→ReLU, GlobalAveragePooling2D, Dense(1000); `conv_chain50` = "
+        "50 × (Conv2D 1x1/64 → ReLU). `on`/`off` = CompileOptions::optimize (BN folding, "
+        "activation fusion). `opt speedup` = off time / on time; `2-thr speedup` = 1-thread time "
+        "/ 2-thread time. A time marked * varies by more than "
+        f"{NOISY_CV:.0%} between repetitions. OMP_WAIT_POLICY: "
+        f"{context.get('omp_wait_policy', '?')} (2-thread figures depend on it when another "
+        "process is busy: docs/perf.md).",
+    ]
+    if latency:
+        lines += [
+            "",
+            "### Latency (one request at a time, ThreadingOptions preference = latency)",
+            "",
+            "| model | batch | thr | on ms | off ms | on runs/s | opt speedup | 2-thr speedup "
+            "(on) | rewrites |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for case in latency:
+            ms = case["median_ms"]
+            text = {setting: number(ms.get(setting)) + ("*" if setting in case["noisy"] else "")
+                    for setting in ("on", "off")}
+            lines.append(
+                f"| {case['model']} | {case['batch']} | {case['threads']} | {text['on']} | "
+                f"{text['off']} | {number(case['runs_per_s'].get('on'))} | "
+                f"{number(case['optimized_speedup'], 2)} | "
+                f"{number(case.get('two_thread_speedup', {}).get('on'), 2)} | "
+                f"{case['rewrites'].get('on', '–')} |")
+        lines += [
+            "",
+            "### Peak memory of one run",
+            "",
+            "`peak` = highest growth of live C++ heap bytes during one warm run (output included, "
+            "the caller's input not); `largest` = the largest layer output; `all` = the sum of "
+            "every layer's output (what keeping every activation would cost).",
+            "",
+            "| model | batch | thr | layers | largest MiB | all MiB | peak on MiB | peak off MiB "
+            "| peak/largest on | peak/largest off | all/peak off |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for case in latency:
+            peaks = case["peak_bytes"]
+            over = case["peak_over_largest"]
+            lines.append(
+                f"| {case['model']} | {case['batch']} | {case['threads']} | "
+                f"{case['layers'] if case['layers'] is not None else '–'} | "
+                f"{mebibytes(case['largest_activation_bytes'])} | "
+                f"{mebibytes(case['activation_bytes'])} | {mebibytes(peaks.get('on'))} | "
+                f"{mebibytes(peaks.get('off'))} | {number(over.get('on'), 2)} | "
+                f"{number(over.get('off'), 2)} | "
+                f"{number(ratio(case['activation_bytes'], peaks.get('off')), 2)} |")
+    if throughput:
+        lines += [
+            "",
+            "### Serving throughput (single-sample requests, one compiled model, "
+            "ThreadingOptions intra_op_threads = 2, preference = throughput)",
+            "",
+            f"`scaling` = requests/s with 2 client threads / with 1 (target ≥ {THROUGHPUT_TARGET}).",
+            "",
+            "| model | clients | requests/iteration | ms/iteration | requests/s | scaling |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for case in throughput:
+            if not case["median_ms"]:
+                lines.append(f"| {case['model']} | {case['clients']} | – | failed | – | – |")
+            for setting in sorted(case["median_ms"]):
+                scaling = case.get("throughput_scaling", {}).get(setting)
+                flag = " ⚠" if scaling is not None and scaling < THROUGHPUT_TARGET else ""
+                mark = "*" if setting in case["noisy"] else ""
+                lines.append(
+                    f"| {case['model']} (optimize {setting}) | {case['clients']} | "
+                    f"{case['requests'].get(setting, '–')} | "
+                    f"{number(case['median_ms'][setting])}{mark} | "
+                    f"{number(case['requests_per_s'].get(setting))} | "
+                    f"{number(scaling, 2)}{flag} |")
+    return lines
+
+
 def number(value, digits=3):
     if value is None:
         return "–"
@@ -210,6 +399,21 @@ def markdown(report):
         f"Run {context.get('date', '?')} on {context.get('host_name', '?')}: "
         f"{context.get('num_cpus', '?')} cores at {context.get('mhz_per_cpu', '?')} MHz, "
         f"load average {', '.join(number(v, 2) for v in context.get('load_avg', []))} at start.",
+    ]
+    # A run filtered to the graph cases has no bandwidth round and no BatchNormalization case.
+    if report["stream"] or report["cases"]:
+        lines += batch_normalization_markdown(report)
+    if report["graph"]["cases"]:
+        lines += graph_markdown(report["graph"]["cases"], context)
+    if report["failures"]:
+        lines += ["", "## Failed benchmarks", ""]
+        lines += [f"- `{failure['benchmark']}`: {failure['error']}"
+                  for failure in report["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def batch_normalization_markdown(report):
+    lines = [
         "",
         "Times are medians of repetitions after warm-up; GB/s count the minimal bytes (inference: "
         "read x + write y; training: read x twice + write y). `vs X` = X's time / keel's time "
@@ -283,11 +487,7 @@ def markdown(report):
                 f"{describe_roof(case['roof'])} | "
                 f"{number(case['fraction_of_stream'].get('keel'), 2)} | "
                 f"{case['keel_path']}: {case['keel_implementation']} |")
-    if report["failures"]:
-        lines += ["", "## Failed benchmarks", ""]
-        lines += [f"- `{failure['benchmark']}`: {failure['error']}"
-                  for failure in report["failures"]]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def describe_roof(case_roof):
@@ -310,6 +510,8 @@ def stream_rows(stream):
 
 def plot(report, out_dir):
     """results.png: GB/s of each peer per case, log scale, with each case's roof as a line."""
+    if not report["cases"]:
+        return None
     gnuplot = shutil.which("gnuplot")
     if gnuplot is None:
         print("make_report: gnuplot not found; no plot", file=sys.stderr)
@@ -358,15 +560,20 @@ def main():
     arguments = parser.parse_args()
 
     raw = json.loads(arguments.raw.read_text())
-    stream, cases, order, failures = collect(raw)
+    stream, cases, order, failures, graph, graph_order = collect(raw)
     report = {
         "context": raw.get("context", {}),
         "definitions": RATIO_DEFINITIONS,
         "stream": stream_rows(stream),
         "cases": [build_case(key, cases[key], stream) for key in order],
+        "graph": {
+            "definitions": GRAPH_DEFINITIONS,
+            "cases": [build_graph_case(key, graph[key]) for key in graph_order],
+        },
         "failures": failures,
     }
     add_custom_ratios(report["cases"])
+    add_graph_ratios(report["graph"]["cases"])
     arguments.out_dir.mkdir(parents=True, exist_ok=True)
     (arguments.out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (arguments.out_dir / "results.md").write_text(markdown(report))
