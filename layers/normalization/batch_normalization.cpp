@@ -6,9 +6,11 @@
 #include <mutex>
 #include <numeric>
 #include <set>
+#include <tuple>
 
 #include <keel/engine/error.hpp>
 
+#include "engine/threading.hpp"
 #include "layers/normalization/batch_normalization/config.hpp"
 #include "layers/normalization/batch_normalization/kernels/geometry.hpp"
 #include "layers/normalization/batch_normalization/kernels/moments.hpp"
@@ -108,7 +110,9 @@ struct BatchNormalization::Impl {
     // What concurrent runs share besides the configuration: the kernel plans per (shape, mode)
     // and the diagnostics of the last call. Guarded because forward() is const and reentrant.
     mutable std::mutex mutex;
-    mutable std::map<std::pair<Shape, bool>, std::shared_ptr<const KernelPlan>> plans;
+    // Keyed by the thread count too: a oneDNN primitive's team size is fixed when it is created,
+    // and the graph runtime may give this layer fewer threads in one run than in another.
+    mutable std::map<std::tuple<Shape, bool, int>, std::shared_ptr<const KernelPlan>> plans;
     mutable BatchNormalizationCallReport report;
     mutable Tensor renorm_r;
     mutable Tensor renorm_d;
@@ -509,7 +513,7 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     request.use_scale = options.scale;
     request.use_shift = options.center;
     request.epsilon = epsilon32;
-    const auto plan_key = std::make_pair(shape, training);
+    const auto plan_key = std::make_tuple(shape, training, operation_threads(impl.engine));
     std::shared_ptr<const KernelPlan> cached_plan;
     {
         std::lock_guard lock(impl.mutex);

@@ -1,48 +1,23 @@
 #pragma once
 
-#include <array>
-#include <cstdint>
 #include <memory>
-#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include <keel/engine/engine.hpp>
-#include <keel/layers/layer.hpp>
+#include <keel/layers/pooling/base_pooling2d.hpp>
 
 namespace keel {
 
-// Constructor arguments, with Keras' names and defaults.
-struct AveragePooling2DOptions {
-    // (pool_height, pool_width), positive. Keras' single int n is {n, n}.
-    std::array<std::int64_t, 2> pool_size{2, 2};
-    // nullopt = Keras' None: the strides equal pool_size. Positive (Keras accepts 0 and then
-    // fails in TensorFlow's op; keel refuses it when constructing).
-    std::optional<std::array<std::int64_t, 2>> strides;
-    // "valid" or "same" (case-insensitive, as Keras). 'same' splits the total padding as
-    // TensorFlow does: floor(total / 2) before, the rest after.
-    std::string padding = "valid";
-    // "channels_last" (NHWC), "channels_first" (NCHW); nullopt = Keras' None = "channels_last".
-    std::optional<std::string> data_format;
-    // Empty = a unique default name ("average_pooling2d", "average_pooling2d_1", ...).
-    std::string name;
-    bool trainable = true;
-    // keel computes AveragePooling2D in float32 only; another dtype is a keel::Error (unsupported).
-    std::string dtype = "float32";
-    // Keras' optional `batch_input_shape` (ints or nulls, batch first), checked at build.
-    nlohmann::json batch_input_shape = nullptr;
-};
+using AveragePooling2DOptions = Pooling2DOptions;
 
 // tf.keras.layers.AveragePooling2D: the mean over each window; 'same' padding is excluded from the
-// count (TensorFlow's AvgPool). Rank-4 inputs; like Keras, only the rank is pinned, so the spatial
-// size may change between calls. Runs on oneDNN's pooling primitive unless oneDNN offers only a
-// reference implementation for the case, then on keel's kernel.
-class AveragePooling2D final : public Layer {
+// count (TensorFlow's AvgPool).
+class AveragePooling2D final : public Pooling2D {
   public:
     explicit AveragePooling2D(AveragePooling2DOptions options = {},
                               Engine engine = default_engine());
-    ~AveragePooling2D() override;
 
     // From a Keras config object (TF 1.15, tf_keras 2.x or Keras 3 spelling). Unknown keys are
     // an error.
@@ -50,20 +25,6 @@ class AveragePooling2D final : public Layer {
                                                          Engine engine = default_engine());
 
     std::string class_name() const override { return "AveragePooling2D"; }
-    nlohmann::json get_config() const override;
-    Shape infer_output_shape(std::span<const Shape> input_shapes) const override;
-    Tensor forward(const ForwardContext& context) const override;
-
-    const AveragePooling2DOptions& options() const noexcept;
-    // What computes an input of this (fully known) shape: oneDNN's impl_info_str(), or
-    // "keel:pooling" where oneDNN offers only a reference implementation. For logs and tests.
-    std::string implementation(const Shape& input_shape) const;
-
-  private:
-    void build_variables(std::span<const Shape> input_shapes) override;
-
-    struct Impl;
-    std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace keel
