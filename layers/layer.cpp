@@ -174,6 +174,19 @@ Tensor moving_average(const Tensor& variable, const Tensor& value, float decay) 
     return result;
 }
 
+Tensor momentum_blend(const Tensor& variable, const Tensor& value, float momentum, float decay) {
+    Tensor result = Tensor::uninitialized(variable.shape(), DType::f32);
+    const float* v = variable.data_as<float>();
+    const float* x = value.data_as<float>();
+    float* out = result.data_as<float>();
+    for (std::int64_t i = 0; i < variable.element_count(); ++i) {
+        const float kept = v[i] * momentum;
+        const float added = x[i] * decay;
+        out[i] = kept + added;
+    }
+    return result;
+}
+
 }  // namespace
 
 void Layer::commit_updates(std::span<const VariableUpdate> updates) {
@@ -186,9 +199,17 @@ void Layer::commit_updates(std::span<const VariableUpdate> updates) {
                                                  state_->definitions[update.variable].name +
                                                  "' does not match its shape");
         }
-        target = update.kind == VariableUpdate::Kind::assign
-                     ? update.value
-                     : moving_average(target, update.value, update.decay);
+        switch (update.kind) {
+            case VariableUpdate::Kind::assign:
+                target = update.value;
+                break;
+            case VariableUpdate::Kind::moving_average:
+                target = moving_average(target, update.value, update.decay);
+                break;
+            case VariableUpdate::Kind::momentum_blend:
+                target = momentum_blend(target, update.value, update.momentum, update.decay);
+                break;
+        }
     }
     state_->current.store(std::move(next));
 }

@@ -216,6 +216,21 @@ std::pair<Shape, std::optional<std::int64_t>> input_shape(const LayerEntry& entr
     return {dims, batch};
 }
 
+// Keras 3 writes {"args", "kwargs"} inbound nodes (and a keras.src module path for the model);
+// Keras 2 and TF 1.15 write nested lists. The BatchNormalization of Keras 3 computes differently
+// from TensorFlow's (no fused path), so the loader must know which one trained the model.
+bool written_by_keras3(const json& document) {
+    const std::string module = document.value("module", "");
+    if (module.rfind("keras.src.", 0) == 0) return true;
+    for (const json& layer : document["config"]["layers"]) {
+        if (!layer.is_object()) continue;
+        for (const json& node : layer.value("inbound_nodes", json::array())) {
+            if (node.is_object()) return true;
+        }
+    }
+    return false;
+}
+
 void load_weights(const Model& model, const fs::path& weights_dir) {
     for (const auto& layer : model.layers()) {
         for (const std::string& variable : layer->variable_names()) {
@@ -256,10 +271,15 @@ Model load_keras_model(const json& document, const fs::path& weights_dir, const 
         throw invalid_argument(kWhere, "config.layers", shorten(config.value("layers", json())),
                                "a list of layers");
     }
+    const bool keras3 = written_by_keras3(document);
     std::vector<LayerEntry> entries;
     std::map<std::string, std::size_t> by_name;
     for (std::size_t i = 0; i < config["layers"].size(); ++i) {
         LayerEntry entry = parse_layer_entry(config["layers"][i], i);
+        if (keras3 && entry.class_name == "BatchNormalization" &&
+            !entry.config.contains("behavior")) {
+            entry.config["behavior"] = "keras3";
+        }
         if (!by_name.emplace(entry.name, entries.size()).second) {
             throw invalid_argument(kWhere, "layer name", "'" + entry.name + "' (twice)",
                                    "unique layer names");

@@ -29,6 +29,8 @@ std::string_view behavior_name(BatchNormalizationBehavior behavior) noexcept {
             return "v1";
         case BatchNormalizationBehavior::tf_keras:
             return "tf_keras";
+        case BatchNormalizationBehavior::keras3:
+            return "keras3";
         case BatchNormalizationBehavior::v2:
             break;
     }
@@ -39,8 +41,9 @@ BatchNormalizationBehavior parse_behavior(std::string_view text) {
     if (text == "v2") return BatchNormalizationBehavior::v2;
     if (text == "v1") return BatchNormalizationBehavior::v1;
     if (text == "tf_keras") return BatchNormalizationBehavior::tf_keras;
+    if (text == "keras3") return BatchNormalizationBehavior::keras3;
     throw invalid_argument("BatchNormalization", "behavior", "'" + std::string(text) + "'",
-                           "one of \"v2\", \"v1\", \"tf_keras\"");
+                           "one of \"v2\", \"v1\", \"tf_keras\", \"keras3\"");
 }
 
 namespace {
@@ -244,7 +247,9 @@ void BatchNormalization::build_variables(std::span<const Shape> input_shapes) {
     const bool tf_keras = impl.behavior_is(BatchNormalizationBehavior::tf_keras);
     const bool fusable_rank = tf_keras ? (rank == 4 || rank == 5) : rank == 4;
     const std::optional<bool>& requested = impl.resolved.fused;
-    if (impl.behavior_is(BatchNormalizationBehavior::v1)) {
+    if (impl.behavior_is(BatchNormalizationBehavior::keras3)) {
+        fused = false;  // Keras 3 has one implementation, with the generic path's arithmetic
+    } else if (impl.behavior_is(BatchNormalizationBehavior::v1)) {
         const bool eligible = !options.renorm && axes.size() == 1 &&
                               (axes[0] == 1 || axes[0] == 3) && !options.virtual_batch_size &&
                               !options.adjustment;
@@ -384,6 +389,13 @@ struct StagedUpdates {
     void moving_average(std::size_t variable, const std::vector<float>& values, float decay) {
         updates.push_back({variable, VariableUpdate::Kind::moving_average,
                            Tensor::from_floats(shape, values), decay});
+    }
+    void momentum_blend(std::size_t variable, const std::vector<float>& values, double momentum) {
+        VariableUpdate update{variable, VariableUpdate::Kind::momentum_blend,
+                              Tensor::from_floats(shape, values), 0.0f};
+        update.momentum = static_cast<float>(momentum);
+        update.decay = static_cast<float>(1.0 - momentum);
+        updates.push_back(std::move(update));
     }
 };
 
@@ -653,7 +665,12 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
 
     // Stage every variable update, then commit them together.
     StagedUpdates staged{{}, impl.param_shape};
-    if (apply_updates) {
+    if (apply_updates && impl.behavior_is(BatchNormalizationBehavior::keras3)) {
+        // Keras 3 assigns v·m + value·(1 − m) with the biased variance: f32(m) and f32(1 − m)
+        // from Python doubles.
+        staged.momentum_blend(impl.moving_mean_index, update_mean, options.momentum);
+        staged.momentum_blend(impl.moving_variance_index, update_variance, options.momentum);
+    } else if (apply_updates) {
         // Decay constants (spec §6.0, trap 18): the fused path forms 1 − m in f32 from f32(m);
         // the generic path in double, then rounds.
         const float decay = impl.fused ? 1.0f - static_cast<float>(options.momentum)

@@ -294,7 +294,8 @@ def fused_generic_cases(w, data):
 
 
 def behavior_cases(w, data):
-    """v1, v2 and tf_keras: trainable=false, fused fallbacks, rank-5 fusing, learning phase."""
+    """v1, v2, tf_keras and keras3: trainable=false, fused fallbacks, rank-5 fusing, learning
+    phase, Keras 3's generic-only arithmetic."""
     for behavior in ("v2", "v1", "tf_keras"):
         for label, config, shape in (
                 ("fused", {"axis": -1}, (4, 2, 3, 3)),
@@ -359,6 +360,32 @@ def behavior_cases(w, data):
     w.add("behavior", "v2_fused_true_rank4", "v2: fused=true on rank 4 axis -3 (NCHW)",
           {"axis": -3, "fused": True, "momentum": 0.5},
           [train(data.normal((3, 4, 2, 1), 0.5, 1.0)), infer(data.normal((3, 4, 2, 1)))])
+
+    # Keras 3 (spec §11.8): never fused, so on rank 4 epsilon stays below TF's floor and the
+    # moving variance takes the biased variance; updates blend v·m + value·(1 − m).
+    for label, axis, shape in (("nhwc", -1, (4, 3, 2, 5)), ("nchw", 1, (3, 4, 2, 3)),
+                               ("rank2", -1, (7, 3))):
+        w.add("behavior", f"keras3_{label}", "keras3: generic arithmetic on every rank",
+              {"axis": axis, "momentum": 0.7, "epsilon": 1e-7},
+              [infer(data.normal(shape, 0.0, 1e-3)), train(data.normal(shape, 2.0, 0.5)),
+               train(data.normal(shape, -1.0, 3.0)), infer(data.normal(shape, 0.0, 1.0))],
+              behavior="keras3",
+              variables={"moving_variance": param(data, (shape[axis],), 1e-6, 2e-6)})
+    w.add("behavior", "keras3_trainable_false", "keras3: a frozen layer runs in inference",
+          {"axis": -1, "momentum": 0.5, "trainable": False},
+          [train(data.normal((3, 2, 2, 3), 1.0, 2.0)), infer(data.normal((3, 2, 2, 3)))],
+          behavior="keras3")
+    w.add("behavior", "keras3_bfloat16", "keras3: 16-bit input computed in float32",
+          {"axis": -1, "momentum": 0.5, "dtype": "bfloat16"},
+          [train(data.normal((4, 2, 2, 3), 1.0, 2.0, dtype="bfloat16")),
+           infer(data.normal((4, 2, 2, 3), dtype="bfloat16"))], behavior="keras3",
+          input_dtype="bfloat16")
+    for label, config in (("renorm", {"renorm": True}), ("axis_list", {"axis": [1, 3]}),
+                          ("virtual_batch_size", {"virtual_batch_size": 2}),
+                          ("fused_true", {"fused": True})):
+        w.add("behavior", f"keras3_refuses_{label}", "keras3: an argument Keras 3 does not have",
+              config, [train(data.normal((4, 2, 2, 3)))], behavior="keras3",
+              error_stage="construction")
 
 
 def numerics_cases(w, data):

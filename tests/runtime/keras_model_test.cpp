@@ -149,6 +149,17 @@ TEST_F(KerasModelTest, EveryKerasGenerationLoadsTheSameModel) {
     EXPECT_NEAR(results[0].get(0), 0.5 / std::sqrt(4.001), 1e-6);
 }
 
+// Keras 3's BatchNormalization is not TensorFlow's (no fused path): a model written by Keras 3
+// gets keel's keras3 behaviour, one written by tf_keras or TF 1.15 keeps TensorFlow's.
+TEST_F(KerasModelTest, BatchNormalizationBehaviorFollowsTheKerasThatWroteTheModel) {
+    EXPECT_EQ(load_keras_model(keras3_model(), weights()).layer("bn").get_config()["behavior"],
+              "keras3");
+    EXPECT_EQ(load_keras_model(keras213_model(), weights()).layer("bn").get_config()["behavior"],
+              "v2");
+    EXPECT_EQ(load_keras_model(tf115_model(), weights()).layer("bn").get_config()["behavior"],
+              "v2");
+}
+
 TEST_F(KerasModelTest, WeightErrorsNameTheLayerFileAndShape) {
     fs::remove(weights() / "bn" / "beta.npy");
     std::string message = message_of([&] { load_keras_model(tf115_model(), weights()); });

@@ -35,11 +35,13 @@ struct VariableUpdate {
     enum class Kind {
         assign,          // v ← value
         moving_average,  // v ← v − (v − value)·decay, three f32 operations as TensorFlow does
+        momentum_blend,  // v ← v·momentum + value·decay, three f32 operations as Keras 3 does
     };
     std::size_t variable = 0;  // index in creation order
     Kind kind = Kind::assign;
     Tensor value;  // f32, the variable's shape
     float decay = 0.0f;
+    float momentum = 0.0f;  // momentum_blend only
 };
 
 // What a layer's forward() reads and where it puts what it produces besides its output.

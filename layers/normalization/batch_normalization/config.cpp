@@ -114,8 +114,23 @@ ResolvedArguments resolve_arguments(const BatchNormalizationOptions& options,
         keras::get_constraint(options.gamma_constraint, where, "gamma_constraint");
 
     // 3. The fused flag (spec §2.3): V2 and tf_keras check eligibility now; V1 defers everything.
+    // Keras 3's BatchNormalization has none of the TF-only arguments.
     resolved.fused = options.fused;
-    if (options.behavior == BatchNormalizationBehavior::v1) {
+    if (options.behavior == BatchNormalizationBehavior::keras3) {
+        const auto refuse = [&](const char* argument, const std::string& value) {
+            throw invalid_argument(where, argument, value,
+                                   "the Keras 3 behaviour, which has no such argument (use "
+                                   "behavior \"v2\" or \"tf_keras\" for TensorFlow's class)");
+        };
+        if (resolved.axis.size() != 1) refuse("axis", format_axis(options.axis));
+        if (options.renorm) refuse("renorm", "true");
+        if (options.virtual_batch_size) {
+            refuse("virtual_batch_size", std::to_string(*options.virtual_batch_size));
+        }
+        if (options.adjustment) refuse("adjustment", "a callable");
+        if (options.fused == true) refuse("fused", "true");
+        resolved.fused = false;
+    } else if (options.behavior == BatchNormalizationBehavior::v1) {
         if (!resolved.fused) resolved.fused = true;
     } else {
         const std::string reason = fused_ineligibility(options, resolved.axis);
@@ -312,7 +327,7 @@ BatchNormalizationOptions options_from_config(const nlohmann::json& config) {
             }
         } else if (key == "behavior") {
             options.behavior = parse_behavior(
-                checked(config, "behavior", is_string, "\"v2\", \"v1\" or \"tf_keras\"")
+                checked(config, "behavior", is_string, "\"v2\", \"v1\", \"tf_keras\" or \"keras3\"")
                     .get<std::string>());
         } else if (key == "synchronized") {
             // tf_keras' cross-replica statistics: keel runs on one replica, so only false means

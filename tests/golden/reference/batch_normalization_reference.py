@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 FUSED_EPSILON_FLOOR = 1.001e-5  # §6a.1: nn.fused_batch_norm raises smaller epsilons to this.
-BEHAVIORS = ("v2", "v1", "tf_keras")
+BEHAVIORS = ("v2", "v1", "tf_keras", "keras3")
 INPUT_DTYPES = ("float32", "bfloat16", "float16")
 
 CONFIG_KEYS = frozenset({
@@ -155,6 +155,16 @@ def tf_keras_fused_update(variable, value, factor):
     f = np.float32(factor)
     one_minus = np.float32(np.float32(1.0) - f)
     return (one_minus * v + f * target).astype(np.float32)
+
+
+def keras3_update(variable, value, momentum):
+    """Keras 3's assign(v·momentum + value·(1 - momentum)): float32 tensors times Python floats
+    (each converted to float32 once), in float32."""
+    v = np.asarray(variable, dtype=np.float32)
+    target = np.asarray(value, dtype=np.float64).astype(np.float32)
+    kept = (v * np.float32(momentum)).astype(np.float32)
+    added = (target * np.float32(1.0 - momentum)).astype(np.float32)
+    return (kept + added).astype(np.float32)
 
 
 def generic_decay(momentum):
@@ -295,7 +305,15 @@ class BatchNormalizationReference:
         fused = config.get("fused")
         if fused is not None and not isinstance(fused, bool):
             raise _construction_error(f"fused = {fused!r}; expected true, false or null")
-        if self.behavior in ("v2", "tf_keras"):
+        if self.behavior == "keras3":
+            # Keras 3 (spec §11.8): one int axis, none of renorm, virtual batches, adjustment or
+            # fused; the generic arithmetic always.
+            axes = [self.axis] if is_int(self.axis) else self.axis
+            if len(axes) != 1 or self.renorm or self.virtual_batch_size is not None \
+                    or self.has_adjustment or fused:
+                raise _construction_error("keras3: an argument Keras 3 does not have")
+            fused = False
+        elif self.behavior in ("v2", "tf_keras"):
             if fused:
                 reason = self._fused_ineligibility(self.axis)
                 if reason:
@@ -651,7 +669,11 @@ class BatchNormalizationReference:
 
     def _ema(self, result, name, value, decay, statistic, statistic_scale=1.0):
         old = self.variables[name]
-        new = ema_update(old, self._to_param(value), decay)
+        if self.behavior == "keras3":
+            # Same maths as TF's form (the tolerance is shared), Keras 3's rounding.
+            new = keras3_update(old, self._to_param(value), self.momentum)
+        else:
+            new = ema_update(old, self._to_param(value), decay)
         result.updates.append(Update(name=name, kind="ema", old=old, value=self._to_param(value),
                                      new=new, decay=float(decay), statistic=statistic,
                                      statistic_scale=statistic_scale))

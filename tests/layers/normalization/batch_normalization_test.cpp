@@ -282,6 +282,54 @@ TEST(BatchNormalizationCall, FusedSemanticsClampEpsilonAlsoAtInference) {
     EXPECT_NEAR(generic_y, 1e-3 / std::sqrt(1e-10), 8 * kEps32 * 1e2);
 }
 
+// Keras 3 has no fused path: on a rank-4 input it keeps epsilon as given, updates the moving
+// variance with the biased variance, and blends as v·m + value·(1 − m) in float32.
+TEST(BatchNormalizationCall, Keras3BehaviorIsNeverFused) {
+    BatchNormalizationOptions options;
+    options.behavior = BatchNormalizationBehavior::keras3;
+    options.momentum = 0.75;
+    options.epsilon = 1e-10;
+    BatchNormalization layer(options);
+    layer.call(nhwc_input(), {.training = true});
+    EXPECT_FALSE(layer.fused());
+    EXPECT_FALSE(layer.last_call_report().fused_semantics);
+    // Biased variances 5 and 4, means 4 and 0; the f32 blend of the initial 0 / 1 is exact here:
+    // 0·0.75 + 4·0.25 = 1, 1·0.75 + 5·0.25 = 2, 1·0.75 + 4·0.25 = 1.75.
+    EXPECT_THAT(values(layer.variable("moving_mean")), ElementsAre(1.0f, 0.0f));
+    EXPECT_THAT(values(layer.variable("moving_variance")), ElementsAre(2.0f, 1.75f));
+
+    BatchNormalizationOptions zero_variance = options;
+    zero_variance.moving_variance_initializer = "zeros";
+    BatchNormalization inference(zero_variance);
+    // Moving variance 0: y = x/sqrt(ε) with ε = 1e-10, not TensorFlow's fused floor 1.001e-5.
+    EXPECT_NEAR(inference.call(Tensor::filled({1, 1, 1, 1}, 1e-3f)).get(0), 1e2, 8 * kEps32 * 1e2);
+}
+
+TEST(BatchNormalizationConstruction, Keras3BehaviorRefusesTensorFlowOnlyArguments) {
+    const auto keras3 = [](BatchNormalizationOptions options) {
+        options.behavior = BatchNormalizationBehavior::keras3;
+        return options;
+    };
+    BatchNormalizationOptions renorm;
+    renorm.renorm = true;
+    expect_error([&] { BatchNormalization layer(keras3(renorm)); }, ErrorCategory::invalid_argument,
+                 "renorm = true");
+    BatchNormalizationOptions virtual_batches;
+    virtual_batches.virtual_batch_size = 2;
+    expect_error([&] { BatchNormalization layer(keras3(virtual_batches)); },
+                 ErrorCategory::invalid_argument, "virtual_batch_size = 2");
+    expect_error(
+        [&] {
+            BatchNormalization layer(keras3(with_axis(std::vector<int>{1, 3})));
+        },
+        ErrorCategory::invalid_argument, "axis");
+    BatchNormalizationOptions fused;
+    fused.fused = true;
+    expect_error([&] { BatchNormalization layer(keras3(fused)); }, ErrorCategory::invalid_argument,
+                 "fused = true");
+    EXPECT_EQ(parse_behavior("keras3"), BatchNormalizationBehavior::keras3);
+}
+
 TEST(BatchNormalizationCall, UnspecifiedTrainingMeansInference) {
     BatchNormalization layer;
     const Tensor x = nhwc_input();
