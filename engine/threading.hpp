@@ -13,6 +13,7 @@
 #include <keel/engine/engine.hpp>
 
 #include "engine/engine_state.hpp"
+#include "engine/tsan_annotations.hpp"
 
 namespace keel {
 
@@ -48,24 +49,26 @@ void parallel_for(const Engine& engine, std::int64_t count, std::int64_t grain, 
         return;
     }
     if (threads < engine.intra_op_threads()) {
-        // Fewer chunks than the arena has slots bounds the threads this operation occupies.
         grain = std::max(grain, (count + threads - 1) / threads);
-        engine.state().arena.execute([&] {
-            tbb::parallel_for(
-                tbb::blocked_range<std::int64_t>(0, count, grain),
-                [&](const tbb::blocked_range<std::int64_t>& range) {
-                    body(range.begin(), range.end());
-                },
-                tbb::simple_partitioner());
-        });
-        return;
     }
-    engine.state().arena.execute([&] {
-        tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, count, grain),
-                          [&](const tbb::blocked_range<std::int64_t>& range) {
-                              body(range.begin(), range.end());
-                          });
+    // TBB forks and joins out of ThreadSanitizer's sight (engine/tsan_annotations.hpp). The arena
+    // may run the whole loop on another thread (when no slot is free for the caller), so that is
+    // a hand-off too.
+    const TsanForkJoin fork_join;
+    const TsanHandOff chunk(fork_join, [&](const tbb::blocked_range<std::int64_t>& range) {
+        body(range.begin(), range.end());
     });
+    const TsanHandOff loop(fork_join, [&] {
+        if (threads < engine.intra_op_threads()) {
+            // Fewer chunks than the arena has slots bounds the threads this operation occupies.
+            tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, count, grain), chunk,
+                              tbb::simple_partitioner());
+        } else {
+            tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, count, grain), chunk);
+        }
+    });
+    engine.state().arena.execute(loop);
+    fork_join.join();
 }
 
 // While alive, oneDNN primitives executed on this thread use `threads` OpenMP threads (OpenMP's

@@ -13,6 +13,8 @@
 #include <keel/layers/keras/initializers.hpp>
 #include <keel/layers/keras/regularizers.hpp>
 
+#include "engine/atomic_shared_ptr.hpp"
+
 namespace keel {
 
 struct Layer::Definition {
@@ -27,7 +29,8 @@ struct Layer::State {
     std::vector<Definition> definitions;
     // Values created by add_variable during build, published when build succeeds.
     std::vector<Tensor> building;
-    std::atomic<VariableSnapshot> current{std::make_shared<const std::vector<Tensor>>()};
+    AtomicSharedPtr<const std::vector<Tensor>> current{
+        std::make_shared<const std::vector<Tensor>>()};
     // Serializes writers (commits, set_variable, constraints); readers only load `current`.
     std::mutex write_mutex;
 
@@ -190,10 +193,23 @@ Tensor momentum_blend(const Tensor& variable, const Tensor& value, float momentu
 }  // namespace
 
 void Layer::commit_updates(std::span<const VariableUpdate> updates) {
-    std::lock_guard lock(state_->write_mutex);
+    const std::unique_lock lock = lock_variables();
+    publish_variables(prepare_updates(updates));
+}
+
+std::unique_lock<std::mutex> Layer::lock_variables() const {
+    return std::unique_lock(state_->write_mutex);
+}
+
+VariableSnapshot Layer::prepare_updates(std::span<const VariableUpdate> updates) const {
     auto next = std::make_shared<std::vector<Tensor>>(*state_->current.load());
     for (const VariableUpdate& update : updates) {
-        Tensor& target = next->at(update.variable);
+        if (update.variable >= next->size()) {
+            throw internal_error(describe(), "staged update of variable #" +
+                                                 std::to_string(update.variable) +
+                                                 ", which does not exist");
+        }
+        Tensor& target = (*next)[update.variable];
         if (update.value.shape() != target.shape() || update.value.dtype() != DType::f32) {
             throw internal_error(describe(), "staged update of variable '" +
                                                  state_->definitions[update.variable].name +
@@ -211,6 +227,10 @@ void Layer::commit_updates(std::span<const VariableUpdate> updates) {
                 break;
         }
     }
+    return next;
+}
+
+void Layer::publish_variables(VariableSnapshot next) noexcept {
     state_->current.store(std::move(next));
 }
 

@@ -182,16 +182,24 @@ std::vector<Tensor> run_model(const CompiledModel& model, std::span<const Tensor
             std::move(staged.begin(), staged.end(), std::back_inserter(target));
         }
         if (!by_layer.empty()) {
-            std::lock_guard lock(model.commit_mutex);
-            model.commit_epoch.fetch_add(1);
-            try {
-                for (auto& [layer, updates] : by_layer) {
-                    model.layers[static_cast<std::size_t>(layer)]->commit_updates(updates);
-                }
-            } catch (...) {
-                model.commit_epoch.fetch_add(1);
-                throw;
+            // All or nothing: every layer's next snapshot is prepared (and may fail) before any is
+            // published. Layers are locked in address order, so two models sharing layers cannot
+            // deadlock.
+            std::vector<Layer*> targets;
+            for (const auto& [layer, updates] : by_layer) {
+                targets.push_back(model.layers[static_cast<std::size_t>(layer)].get());
             }
+            std::sort(targets.begin(), targets.end());
+            std::lock_guard lock(model.commit_mutex);
+            std::vector<std::unique_lock<std::mutex>> locks;
+            for (Layer* layer : targets) locks.push_back(layer->lock_variables());
+            std::vector<std::pair<Layer*, VariableSnapshot>> prepared;
+            for (const auto& [layer, updates] : by_layer) {
+                Layer* target = model.layers[static_cast<std::size_t>(layer)].get();
+                prepared.emplace_back(target, target->prepare_updates(updates));
+            }
+            model.commit_epoch.fetch_add(1);
+            for (auto& [layer, next] : prepared) layer->publish_variables(std::move(next));
             model.commit_epoch.fetch_add(1);
         }
     }

@@ -14,6 +14,8 @@
 #include <keel/engine/tensor.hpp>
 #include <keel/layers/layer.hpp>
 
+#include "engine/atomic_shared_ptr.hpp"
+
 namespace keel::runtime {
 
 // Variables a graph rewrite computes from the variables of the layers it replaced (e.g. a conv's
@@ -34,7 +36,7 @@ class DerivedVariables {
         std::shared_ptr<const std::vector<Tensor>> values;
     };
     Derive derive_;
-    mutable std::atomic<std::shared_ptr<const Entry>> cached_;
+    mutable AtomicSharedPtr<const Entry> cached_;
 };
 
 struct GraphValue {

@@ -10,6 +10,7 @@
 
 #include "engine/engine_state.hpp"
 #include "engine/threading.hpp"
+#include "engine/tsan_annotations.hpp"
 
 namespace keel::runtime {
 namespace {
@@ -78,6 +79,7 @@ class ParallelSchedule {
             spawn_workers();
         }
         group_.wait();
+        fork_join_.join();
         if (error_) std::rethrow_exception(error_);
     }
 
@@ -88,7 +90,7 @@ class ParallelSchedule {
             const int chain = ready_.front();
             ready_.pop_front();
             ++active_;
-            group_.run([this, chain] { work(chain); });
+            group_.run(TsanHandOff(fork_join_, [this, chain] { work(chain); }));
         }
     }
 
@@ -129,6 +131,8 @@ class ParallelSchedule {
     std::deque<int> ready_;
     int active_ = 0;
     std::exception_ptr error_;
+    // TBB's task hand-off is invisible to ThreadSanitizer (engine/tsan_annotations.hpp).
+    TsanForkJoin fork_join_;
     tbb::task_group group_;
 };
 
@@ -143,7 +147,11 @@ void execute_plan(const Engine& engine, const ExecutionPlan& plan, RunState& sta
         return;
     }
     ParallelSchedule schedule(plan, runner, concurrency);
-    engine.state().arena.execute([&] { schedule.run(); });
+    // The arena may run schedule.run() on one of its threads when none of its slots is free for
+    // the caller: a fork and join ThreadSanitizer cannot see (engine/tsan_annotations.hpp).
+    const TsanForkJoin fork_join;
+    const TsanHandOff run_schedule(fork_join, [&] { schedule.run(); });
+    engine.state().arena.execute(run_schedule);
 }
 
 }  // namespace keel::runtime

@@ -228,5 +228,45 @@ TEST_F(KerasModelTest, SaveWritesTrainedVariablesBack) {
               model.layer("bn").variable("moving_mean").get(0));
 }
 
+// Found by tests/fuzz/model_json_fuzzer: JSON of the wrong type inside a model must be a
+// keel::Error (nlohmann's own exceptions escaped), and an index beyond int must not wrap to an
+// existing node.
+TEST_F(KerasModelTest, WrongJsonTypesAreKeelErrors) {
+    json dtype_list = tf115_model();
+    dtype_list["config"]["layers"][0]["config"]["dtype"] = {nullptr, 2, 3};
+    EXPECT_NE(
+        message_of([&] { load_keras_model(dtype_list, weights()); }).find("dtype = [null,2,3]"),
+        std::string::npos);
+
+    json numeric_name = tf115_model();
+    numeric_name["config"]["layers"][1].erase("name");
+    numeric_name["config"]["layers"][1]["config"]["name"] = 5;
+    EXPECT_NE(
+        message_of([&] { load_keras_model(numeric_name, weights()); }).find("name = (missing)"),
+        std::string::npos);
+
+    json config_list = tf115_model();
+    config_list["config"] = json::array({1, 2});
+    EXPECT_NE(message_of([&] { load_keras_model(config_list, weights()); }).find("config.layers"),
+              std::string::npos);
+
+    json wrapping_index = tf115_model();
+    wrapping_index["config"]["layers"][1]["inbound_nodes"] = {
+        {{"x", 4294967296, 0, json::object()}}};
+    EXPECT_NE(message_of([&] {
+                  load_keras_model(wrapping_index, weights());
+              }).find("inbound tensor = [\"x\",4294967296,0,{}]"),
+              std::string::npos);
+}
+
+// Copies and dump() recurse per JSON level: a deeply nested file must be refused while parsing,
+// not overflow the stack later.
+TEST_F(KerasModelTest, DeeplyNestedConfigFileIsAnError) {
+    const fs::path file = directory() / "deep.json";
+    std::ofstream(file) << std::string(1'000'000, '[') << std::string(1'000'000, ']');
+    EXPECT_NE(message_of([&] { load_keras_model(file, weights()); }).find("at most 64 levels deep"),
+              std::string::npos);
+}
+
 }  // namespace
 }  // namespace keel

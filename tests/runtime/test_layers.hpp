@@ -104,6 +104,29 @@ class FailingLayer final : public Layer {
     std::int64_t failing_batch_;
 };
 
+// Identity that, in training, stages an update its variable cannot take (the wrong shape): the
+// run succeeds node by node and fails only when the model commits.
+class BadUpdateLayer final : public Layer {
+  public:
+    explicit BadUpdateLayer(std::string name) : Layer(std::move(name), true) {}
+    std::string class_name() const override { return "TestBadUpdate"; }
+    nlohmann::json get_config() const override { return {{"name", name()}}; }
+    Shape infer_output_shape(std::span<const Shape> shapes) const override { return shapes[0]; }
+    Tensor forward(const ForwardContext& context) const override {
+        if (context.training) {
+            context.updates.push_back(
+                {0, VariableUpdate::Kind::assign, Tensor::filled({2}, 1.0f), 0.0f});
+        }
+        return context.inputs[0].clone();
+    }
+
+  private:
+    void build_variables(std::span<const Shape>) override {
+        add_variable("w", {1}, keras::get_initializer("zeros", name(), "w"), nullptr, nullptr,
+                     true);
+    }
+};
+
 // Identity that sleeps and records how many instances run forward() at the same time.
 class ConcurrencyProbeLayer final : public Layer {
   public:

@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -119,6 +120,13 @@ class Layer {
     // Applies staged updates to the current values and publishes the result as the next snapshot.
     // Updates to one layer are serialized; readers never wait.
     void commit_updates(std::span<const VariableUpdate> updates);
+
+    // commit_updates in its parts, for a commit across several layers that must publish all or
+    // nothing (the graph runtime's): hold every layer's lock (in address order, against deadlock),
+    // prepare each next snapshot — which may throw, publishing nothing — then publish them all.
+    [[nodiscard]] std::unique_lock<std::mutex> lock_variables() const;
+    VariableSnapshot prepare_updates(std::span<const VariableUpdate> updates) const;
+    void publish_variables(VariableSnapshot next) noexcept;
 
     // One loss per regularized variable, in creation order (Keras' layer.losses).
     std::vector<double> regularization_losses() const;
