@@ -5,3 +5,5 @@ option(KEEL_BUILD_EXAMPLES "Build examples/ (run as tests with KEEL_BUILD_TESTS)
 option(KEEL_WERROR "Treat compiler warnings as errors" ON)
 set(KEEL_SANITIZE "" CACHE STRING
     "Comma-separated sanitizers for every keel target, e.g. address,undefined or thread")
+option(KEEL_BUILD_FUZZERS
+       "Build the libFuzzer harnesses of tests/fuzz (clang only; instruments every keel target)" OFF)

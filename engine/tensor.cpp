@@ -102,7 +102,7 @@ std::shared_ptr<std::byte[]> allocate_aligned(std::size_t bytes, const Shape& sh
         throw refuse();
     }
     std::shared_ptr<std::byte[]> storage(
-        raw, [alignment](std::byte* pointer) { ::operator delete(pointer, alignment); });
+        raw, [](std::byte* pointer) { ::operator delete(pointer, alignment); });
     if (zero_fill) std::memset(raw, 0, rounded);
     return storage;
 }
@@ -141,6 +141,9 @@ void store_float(void* data, DType dtype, std::int64_t index, float value) {
 // Converts `count` elements between any two dtypes, rounding to nearest even when narrowing.
 void convert_elements(const void* source, DType from, void* destination, DType to,
                       std::size_t count) {
+    // An empty std::vector's data() may be null, and memcpy must not see a null pointer even for
+    // zero bytes.
+    if (count == 0) return;
     if (from == to) {
         std::memcpy(destination, source, count * dtype_size(from));
         return;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -33,9 +34,15 @@ struct TensorReference {
     int tensor = 0;
 };
 
+// A node or tensor index: a JSON integer that fits in an int (a larger one must not wrap around
+// to an index that exists).
+bool is_index(const json& value) {
+    return value.is_number_integer() && value >= 0 && value <= std::numeric_limits<int>::max();
+}
+
 TensorReference reference_from_history(const json& history, const std::string& where) {
     if (!history.is_array() || history.size() < 3 || !history[0].is_string() ||
-        !history[1].is_number_integer() || !history[2].is_number_integer()) {
+        !is_index(history[1]) || !is_index(history[2])) {
         throw invalid_argument(where, "inbound tensor", shorten(history),
                                "[layer name, node index, tensor index]");
     }
@@ -159,7 +166,9 @@ LayerEntry parse_layer_entry(const json& entry, std::size_t index) {
     if (layer.class_name.empty() || layer.config.is_null()) {
         throw invalid_argument(where, "layer", shorten(entry), "\"class_name\" and \"config\"");
     }
-    if (layer.name.empty()) layer.name = layer.config.value("name", "");
+    if (layer.name.empty() && layer.config.contains("name") && layer.config["name"].is_string()) {
+        layer.name = layer.config["name"].get<std::string>();
+    }
     if (layer.name.empty()) throw invalid_argument(where, "name", "(missing)", "the layer's name");
     layer.config["name"] = layer.name;
     const std::string layer_where = layer.class_name + " '" + layer.name + "'";
@@ -183,10 +192,10 @@ std::pair<Shape, std::optional<std::int64_t>> input_shape(const LayerEntry& entr
                 throw unsupported(where, key + " = " + shorten(value), "keel has dense tensors");
             }
         } else if (key == "dtype") {
-            const std::string dtype = value.is_string()
-                                          ? value.get<std::string>()
-                                          : value.value("config", json::object()).value("name", "");
-            if (dtype != "float32") {
+            // A name, or a Keras 3 policy {"class_name": "DTypePolicy", "config": {"name"}}.
+            const bool policy = value.is_object() && value.contains("config") &&
+                                value["config"].is_object() && value["config"].contains("name");
+            if ((policy ? value["config"]["name"] : value) != "float32") {
                 throw unsupported(where, "dtype = " + shorten(value), "float32 model inputs");
             }
         } else if (key != "name" && key != "input_tensor" && key != "optional") {
@@ -268,8 +277,10 @@ Model load_keras_model(const json& document, const fs::path& weights_dir, const 
     }
     const json& config = document["config"];
     if (!config.is_object() || !config.contains("layers") || !config["layers"].is_array()) {
-        throw invalid_argument(kWhere, "config.layers", shorten(config.value("layers", json())),
-                               "a list of layers");
+        throw invalid_argument(
+            kWhere, "config.layers",
+            shorten(config.is_object() ? config.value("layers", json()) : config),
+            "a list of layers");
     }
     const bool keras3 = written_by_keras3(document);
     std::vector<LayerEntry> entries;
@@ -375,9 +386,20 @@ Model load_keras_model(const fs::path& config_file, const fs::path& weights_dir,
     if (!stream) {
         throw invalid_argument(kWhere, "config file", config_file.string(), "a readable file");
     }
+    // Bounded nesting: copying and printing JSON recurse once per level, so a file of a million
+    // '[' would overflow the stack. Keras models nest a dozen levels.
+    constexpr int kMaxDepth = 64;
+    const json::parser_callback_t limit_depth = [&](int depth, json::parse_event_t, json&) {
+        if (depth > kMaxDepth) {
+            throw invalid_argument(
+                kWhere, "config file", config_file.string(),
+                "JSON nested at most " + std::to_string(kMaxDepth) + " levels deep");
+        }
+        return true;
+    };
     json document;
     try {
-        document = json::parse(stream);
+        document = json::parse(stream, limit_depth);
     } catch (const json::exception& error) {
         throw invalid_argument(kWhere, "config file", config_file.string(),
                                std::string("valid JSON (") + error.what() + ")");

@@ -178,6 +178,16 @@ TEST(Tensor, FromFloatsChecksCountAndRounds) {
     EXPECT_EQ(bf16.data_as<std::uint16_t>()[1], 0x3f82);
 }
 
+// Found by tests/fuzz/layer_config_fuzzer: an empty vector's data() is null, and copying zero
+// elements from it passed null to memcpy (undefined; UBSan reports it under --sanitize).
+TEST(Tensor, FromFloatsAcceptsEmptyShapesInEveryDType) {
+    for (const DType dtype : {DType::f32, DType::bf16, DType::f16, DType::f64}) {
+        const Tensor empty = Tensor::from_floats({2, 0, 3}, std::vector<float>{}, dtype);
+        EXPECT_EQ(empty.element_count(), 0);
+        EXPECT_TRUE(empty.to_floats().empty());
+    }
+}
+
 TEST(Tensor, ElementAccessPerDType) {
     for (const DType dtype : {DType::f32, DType::bf16, DType::f16, DType::f64}) {
         Tensor tensor({2, 3}, dtype);
