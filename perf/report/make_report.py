@@ -9,7 +9,8 @@ library only.
 
 The graph-level benchmarks (family "graph", perf/runtime/) go to their own "graph" object in
 results.json and a "Graph" section of results.md: latency with and without the inference rewrites,
-serving throughput from 1 and 2 client threads, and peak memory against the activation sizes.
+the hand-written oneDNN pipeline of resnet_stack_onednn_peer.cpp beside them (setting "onednn"), serving
+throughput from 1 and 2 client threads, and peak memory against the activation sizes.
 
 Every figure of a case comes from the same run: its peers ran back to back, and its roof is the
 STREAM round measured just before its shape's group of cases (keel_perf re-measures bandwidth per
@@ -53,6 +54,8 @@ GRAPH_DEFINITIONS = {
     "`requests` single-sample runs (throughput), per optimize setting",
     "runs_per_s": "1000 / median_ms: runs per second of one request stream",
     "optimized_speedup": "unoptimized time / optimized time (> 1: the inference rewrites help)",
+    "keel_over_peer": "keel's optimized time / the hand-written oneDNN pipeline's time on the "
+    "same graph, weights, input and threads (resnet_stack latency; issue 7's target: <= 1.05)",
     "two_thread_speedup": "1-thread time / 2-thread time of the same model, batch and optimize "
     "setting (latency cases with 2 threads)",
     "peak_bytes": "highest growth of live C++ heap bytes (operator new/delete) during one warm "
@@ -67,6 +70,7 @@ GRAPH_DEFINITIONS = {
     "throughput_scaling": "requests_per_s with 2 client threads / with 1 (target >= 1.8)",
 }
 THROUGHPUT_TARGET = 1.8
+PEER_TARGET = 1.05
 
 
 def parse_name(run_name):
@@ -115,7 +119,8 @@ def collect(raw):
     runs = representative_runs(raw["benchmarks"])
     stream = {}  # (group, kernel, stores, threads) -> GB/s
     cases = {}  # (shape, layout, dtype, mode, threads) -> {peer: entry}
-    graph = {}  # (model, batch, mode, "threads" or "clients", count) -> {optimize: entry}
+    # (model, batch, mode, "threads" or "clients", count) -> {"on" | "off" | "onednn": entry}
+    graph = {}
     failures = []
     order = []
     graph_order = []
@@ -142,7 +147,8 @@ def collect(raw):
             if key not in graph:
                 graph[key] = {}
                 graph_order.append(key)
-            graph[key][fields["optimize"]] = entry
+            # keel's cases name their optimize setting, the hand-written pipeline its peer.
+            graph[key][fields.get("optimize", fields.get("peer"))] = entry
     return stream, cases, order, failures, graph, graph_order
 
 
@@ -246,6 +252,7 @@ def build_graph_case(key, entries):
         "median_ms": median_ms,
         "cv": {setting: entry["cv"] for setting, entry in entries.items() if "cv" in entry},
         "optimized_speedup": ratio(median_ms.get("off"), median_ms.get("on")),
+        "keel_over_peer": ratio(median_ms.get("on"), median_ms.get("onednn")),
         "rewrites": per_setting(entries, lambda entry: int(entry.get("passes", 0))),
         "errors": {setting: entry.get("error_message", "")
                    for setting, entry in entries.items() if entry.get("error_occurred")},
@@ -306,8 +313,11 @@ def graph_markdown(graph_cases, context):
         "`resnet_stack` = stem Conv 3x3/64 → BN → ReLU on [N,56,56,64], 4 residual blocks "
         "Conv→BN→ReLU→Conv→BN→Add→ReLU, GlobalAveragePooling2D, Dense(1000); `conv_chain50` = "
         "50 × (Conv2D 1x1/64 → ReLU). `on`/`off` = CompileOptions::optimize (BN folding, "
-        "activation fusion). `opt speedup` = off time / on time; `2-thr speedup` = 1-thread time "
-        "/ 2-thread time. A time marked * varies by more than "
+        "activation fusion). `oneDNN ms` = the same stack written directly with oneDNN primitives "
+        "(perf/runtime/resnet_stack_onednn_peer.cpp: BN folded, ReLU and the residual Add as "
+        "post-ops, blocked layouts, everything created once); `keel/oneDNN` = on time / oneDNN "
+        f"time (target ≤ {PEER_TARGET}, ⚠ above). `opt speedup` = off time / on time; "
+        "`2-thr speedup` = 1-thread time / 2-thread time. A time marked * varies by more than "
         f"{NOISY_CV:.0%} between repetitions. OMP_WAIT_POLICY: "
         f"{context.get('omp_wait_policy', '?')} (2-thread figures depend on it when another "
         "process is busy: docs/perf.md).",
@@ -317,17 +327,20 @@ def graph_markdown(graph_cases, context):
             "",
             "### Latency (one request at a time, ThreadingOptions preference = latency)",
             "",
-            "| model | batch | thr | on ms | off ms | on runs/s | opt speedup | 2-thr speedup "
-            "(on) | rewrites |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| model | batch | thr | on ms | off ms | oneDNN ms | keel/oneDNN | on runs/s "
+            "| opt speedup | 2-thr speedup (on) | rewrites |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for case in latency:
             ms = case["median_ms"]
             text = {setting: number(ms.get(setting)) + ("*" if setting in case["noisy"] else "")
-                    for setting in ("on", "off")}
+                    for setting in ("on", "off", "onednn")}
+            over_peer = case["keel_over_peer"]
+            flag = " ⚠" if over_peer is not None and over_peer > PEER_TARGET else ""
             lines.append(
                 f"| {case['model']} | {case['batch']} | {case['threads']} | {text['on']} | "
-                f"{text['off']} | {number(case['runs_per_s'].get('on'))} | "
+                f"{text['off']} | {text['onednn']} | {number(over_peer, 3)}{flag} | "
+                f"{number(case['runs_per_s'].get('on'))} | "
                 f"{number(case['optimized_speedup'], 2)} | "
                 f"{number(case.get('two_thread_speedup', {}).get('on'), 2)} | "
                 f"{case['rewrites'].get('on', '–')} |")

@@ -4,10 +4,15 @@
 //   - single-request latency at 1 and 2 intra-op threads,
 //   - throughput: single-sample requests served from 1 and from 2 client threads on one compiled
 //     model (ThreadingOptions preference = throughput),
-//   - peak heap memory of one run, next to the sizes of the activations it produces.
+//   - peak heap memory of one run, next to the sizes of the activations it produces;
+// and, for the ResNet stack's latency cases, the same network written directly with oneDNN
+// (resnet_stack_onednn_peer.cpp, "peer:onednn"), checked against keel's output and timed right
+// after keel's cases, plus the diagnostic "graph_breakdown/.../op:keel_eager_folded" chain.
 // The benchmarks register themselves when keel_perf starts, so they run before the
 // BatchNormalization rounds; perf/report/make_report.py turns them into the report's "Graph"
 // section (docs/perf.md).
+#include <time.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -35,6 +40,7 @@
 
 #include <benchmark/benchmark.h>
 #include <keel/engine/engine.hpp>
+#include <keel/engine/error.hpp>
 #include <keel/engine/tensor.hpp>
 #include <keel/layers/activation/relu.hpp>
 #include <keel/layers/convolutional/conv2d.hpp>
@@ -45,6 +51,7 @@
 #include <keel/runtime/graph_builder.hpp>
 #include <keel/runtime/model.hpp>
 
+#include "perf/runtime/resnet_stack_onednn_peer.hpp"
 #include "perf/support/heap_usage.hpp"
 
 namespace keel::perf {
@@ -521,8 +528,219 @@ void register_case(const std::string& name, const Case& spec, Runner runner) {
 
 std::string_view optimize_label(bool optimize) { return optimize ? "on" : "off"; }
 
-// Cases in the order they run; the optimized and unoptimized models of a case back to back, so
-// their ratio comes from the same minute.
+// The weights of the network's unoptimized model, in the peer's terms: each Conv2D with the
+// BatchNormalization that follows it (layers() is in topological order, and in this stack every
+// BatchNormalization follows its convolution before the next one starts), then the Dense layer.
+ResnetStackParameters peer_parameters(const Network& network) {
+    ResnetStackParameters parameters;
+    parameters.image_size = kImageSize;
+    parameters.channels = kChannels;
+    parameters.classes = kClasses;
+    for (const std::shared_ptr<Layer>& layer : network.unoptimized.layers()) {
+        const std::string class_name = layer->class_name();
+        if (class_name == "Conv2D") {
+            ConvolutionBatchNormalization& convolution = parameters.convolutions.emplace_back();
+            convolution.kernel = layer->variable("kernel").to_floats();
+            if (layer->has_variable("bias")) convolution.bias = layer->variable("bias").to_floats();
+        } else if (class_name == "BatchNormalization") {
+            if (parameters.convolutions.empty()) {
+                throw internal_error("peer_parameters", "a BatchNormalization before any Conv2D");
+            }
+            ConvolutionBatchNormalization& convolution = parameters.convolutions.back();
+            convolution.gamma = layer->variable("gamma").to_floats();
+            convolution.beta = layer->variable("beta").to_floats();
+            convolution.moving_mean = layer->variable("moving_mean").to_floats();
+            convolution.moving_variance = layer->variable("moving_variance").to_floats();
+            convolution.epsilon = layer->get_config().at("epsilon").get<double>();
+        } else if (class_name == "Dense") {
+            parameters.dense_kernel = layer->variable("kernel").to_floats();
+            parameters.dense_bias = layer->variable("bias").to_floats();
+        }
+    }
+    return parameters;
+}
+
+// The hand-written oneDNN pipeline for a batch size and thread count, created on first use.
+const ResnetStackOneDnnPeer& peer_for(const Network& network, std::int64_t batch, int threads) {
+    static std::map<std::pair<std::int64_t, int>, std::unique_ptr<ResnetStackOneDnnPeer>> peers;
+    std::unique_ptr<ResnetStackOneDnnPeer>& peer = peers[{batch, threads}];
+    if (!peer) {
+        peer = std::make_unique<ResnetStackOneDnnPeer>(peer_parameters(network), batch, threads);
+    }
+    return *peer;
+}
+
+// Why the peer's output differs from the unoptimized keel model's by more than rounding, or
+// nothing. The peer folds every BatchNormalization and sums in its own order, exactly the
+// difference tolerance() bounds between the optimized and the unoptimized model.
+std::optional<std::string> peer_mismatch(const Network& network, const ResnetStackOneDnnPeer& peer,
+                                         const std::vector<Tensor>& inputs,
+                                         std::vector<float>& output) {
+    const std::vector<float> want = network.unoptimized.run(inputs).front().to_floats();
+    if (want.size() != output.size()) return "the peer's output size differs from keel's";
+    peer.run(inputs.front().data_as<float>(), output.data());
+    double largest = 0.0;
+    for (const float value : want) {
+        largest = std::max(largest, static_cast<double>(std::abs(value)));
+    }
+    const double bound = tolerance(network, largest);
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        if (!(std::abs(static_cast<double>(output[i]) - want[i]) <= bound)) {
+            return "oneDNN peer output[" + std::to_string(i) + "] = " + std::to_string(output[i]) +
+                   "; keel unoptimized " + std::to_string(want[i]) + ", tolerance " +
+                   std::to_string(bound);
+        }
+    }
+    return std::nullopt;
+}
+
+// The same request as run_latency's, on the hand-written oneDNN pipeline: same weights, same
+// input, output into a buffer made once (the pipeline allocates nothing per run).
+void run_onednn_peer(benchmark::State& state, const LatencyCase& spec) {
+    const Network& network = network_for(Architecture::resnet_stack, spec.threads,
+                                         ThreadingOptions::Preference::latency);
+    const std::vector<Tensor>& inputs = inputs_for(spec.batch);
+    const ResnetStackOneDnnPeer& peer = peer_for(network, spec.batch, spec.threads);
+    std::vector<float> output(static_cast<std::size_t>(spec.batch * kClasses));
+    static std::set<std::pair<std::int64_t, int>> checked;
+    if (!checked.contains({spec.batch, spec.threads})) {
+        if (const auto why = peer_mismatch(network, peer, inputs, output)) {
+            state.SkipWithError(why->c_str());
+            return;
+        }
+        checked.insert({spec.batch, spec.threads});
+    }
+    const float* input = inputs.front().data_as<float>();
+    std::int64_t peak = 0;
+    {
+        const HeapPeakTracker tracker;
+        peer.run(input, output.data());
+        peak = tracker.peak_bytes();
+    }
+    for (auto _ : state) {
+        peer.run(input, output.data());
+        benchmark::DoNotOptimize(output.data());
+    }
+    // Where the peer's time goes, from untimed profiled runs (thread CPU time, so only
+    // meaningful at 1 thread): convolutions, and the rest (input reorder, pooling, Dense).
+    constexpr int kProfiledRuns = 5;
+    std::vector<double> step_cpu_ms;
+    for (int run = 0; run < kProfiledRuns; ++run) {
+        peer.run_profiled(input, output.data(), step_cpu_ms);
+    }
+    const std::vector<std::string> steps = peer.step_names();
+    double convolution_ms = 0.0;
+    double total_ms = 0.0;
+    for (std::size_t step = 0; step < steps.size(); ++step) {
+        total_ms += step_cpu_ms[step] / kProfiledRuns;
+        if (steps[step] == "stem" || steps[step].starts_with("block")) {
+            convolution_ms += step_cpu_ms[step] / kProfiledRuns;
+        }
+    }
+    state.counters["conv_cpu_ms"] = convolution_ms;
+    state.counters["other_cpu_ms"] = total_ms - convolution_ms;
+    set_memory_counters(state, network, spec.batch, peak);
+    state.counters["threads"] = spec.threads;
+    state.counters["passes"] = 0;
+    state.SetLabel(peer.implementations());
+}
+
+double thread_cpu_ms() {
+    timespec now{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+    return static_cast<double>(now.tv_sec) * 1e3 + static_cast<double>(now.tv_nsec) * 1e-6;
+}
+
+// The optimized model's nodes as eager Layer::call()s of layers made with keel's public API,
+// with the peer's folded weights: stem Conv2D+ReLU, 4 x (Conv2D+ReLU, Conv2D, Add, ReLU),
+// GlobalAveragePooling2D, Dense. Against the graph case it shows what Model::run adds; its
+// per-kind thread CPU times (counters, robust to other processes taking the core; every node
+// runs on the caller's thread at 1 thread) against the peer's show where keel's time goes.
+// Its output must match the peer's within the same tolerance as the graph's.
+void run_eager_folded(benchmark::State& state, const LatencyCase& spec) {
+    const Network& network = network_for(Architecture::resnet_stack, spec.threads,
+                                         ThreadingOptions::Preference::latency);
+    const Engine& engine = engine_for(spec.threads, ThreadingOptions::Preference::latency);
+    const ResnetStackParameters parameters = peer_parameters(network);
+    std::vector<std::unique_ptr<Conv2D>> convolutions;
+    for (std::size_t index = 0; index < parameters.convolutions.size(); ++index) {
+        Conv2DOptions options;
+        options.filters = kChannels;
+        options.kernel_size = {3, 3};
+        options.padding = "same";
+        // The stem and each block's first convolution have their ReLU fused, as after the
+        // rewrites; each block's second one feeds the Add.
+        if (index == 0 || index % 2 == 1) options.activation = "relu";
+        auto layer = std::make_unique<Conv2D>(options, engine);
+        layer->build(Shape{-1, kImageSize, kImageSize, kChannels});
+        const FoldedConvolution folded = fold(parameters.convolutions[index]);
+        layer->set_variable("kernel",
+                            Tensor::from_floats({3, 3, kChannels, kChannels}, folded.kernel));
+        layer->set_variable("bias", Tensor::from_floats({kChannels}, folded.bias));
+        convolutions.push_back(std::move(layer));
+    }
+    Add add_layer(AddOptions{}, engine);
+    ReLU relu(ReLUOptions{}, engine);
+    GlobalAveragePooling2D pooling(GlobalAveragePooling2DOptions{}, engine);
+    DenseOptions dense_options;
+    dense_options.units = kClasses;
+    Dense dense(dense_options, engine);
+    dense.build(Shape{-1, kChannels});
+    dense.set_variable("kernel",
+                       Tensor::from_floats({kChannels, kClasses}, parameters.dense_kernel));
+    dense.set_variable("bias", Tensor::from_floats({kClasses}, parameters.dense_bias));
+
+    const std::vector<Tensor>& inputs = inputs_for(spec.batch);
+    std::array<double, 4> cpu_ms{};  // convolutions, Add, ReLU, pooling + Dense
+    const auto timed = [&](std::size_t kind, auto&& call) {
+        const double start = thread_cpu_ms();
+        Tensor y = call();
+        cpu_ms[kind] += thread_cpu_ms() - start;
+        return y;
+    };
+    const auto run = [&] {
+        Tensor block_input = timed(0, [&] { return convolutions[0]->call(inputs.front()); });
+        for (std::size_t index = 1; index + 1 < convolutions.size(); index += 2) {
+            const Tensor middle = timed(0, [&] { return convolutions[index]->call(block_input); });
+            const Tensor inner = timed(0, [&] { return convolutions[index + 1]->call(middle); });
+            const std::vector<Tensor> sum_inputs = {inner, block_input};
+            const Tensor sum = timed(1, [&] { return add_layer.call(sum_inputs); });
+            block_input = timed(2, [&] { return relu.call(sum); });
+        }
+        return timed(3, [&] { return dense.call(pooling.call(block_input)); });
+    };
+
+    // Checked against the peer, which the graph case checks against keel's unoptimized model.
+    const std::vector<float> got = run().to_floats();
+    std::vector<float> want(got.size());
+    peer_for(network, spec.batch, spec.threads).run(inputs.front().data_as<float>(), want.data());
+    double largest = 0.0;
+    for (const float value : want) {
+        largest = std::max(largest, static_cast<double>(std::abs(value)));
+    }
+    const double bound = tolerance(network, largest);
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        if (!(std::abs(static_cast<double>(got[i]) - want[i]) <= bound)) {
+            state.SkipWithError(
+                ("eager output[" + std::to_string(i) + "] differs from the peer's").c_str());
+            return;
+        }
+    }
+    cpu_ms = {};
+    for (auto _ : state) {
+        const Tensor y = run();
+        benchmark::DoNotOptimize(y.data());
+    }
+    const std::array<const char*, 4> names = {"conv_cpu_ms", "add_cpu_ms", "relu_cpu_ms",
+                                              "tail_cpu_ms"};
+    for (std::size_t kind = 0; kind < names.size(); ++kind) {
+        state.counters[names[kind]] =
+            benchmark::Counter(cpu_ms[kind], benchmark::Counter::kAvgIterations);
+    }
+}
+
+// Cases in the order they run; the optimized and unoptimized models of a case back to back (and,
+// for resnet_stack, the oneDNN peer after them), so their ratios come from the same minute.
 bool register_graph_benchmarks() {
     // 2-thread figures depend on libgomp's wait policy whenever another process is busy
     // (docs/perf.md); the report states the one this run had.
@@ -544,6 +762,17 @@ bool register_graph_benchmarks() {
                                   "/mode:latency/threads:" + std::to_string(threads) +
                                   "/optimize:" + std::string(optimize_label(optimize)),
                               spec, run_latency);
+            }
+            if (group.architecture == Architecture::resnet_stack) {
+                const LatencyCase spec{group.architecture, group.batch, threads, true};
+                register_case("graph/model:resnet_stack/batch:" + std::to_string(group.batch) +
+                                  "/mode:latency/threads:" + std::to_string(threads) +
+                                  "/peer:onednn",
+                              spec, run_onednn_peer);
+                // Diagnostic (the report leaves family graph_breakdown out): docs/perf.md.
+                register_case("graph_breakdown/batch:" + std::to_string(group.batch) +
+                                  "/threads:" + std::to_string(threads) + "/op:keel_eager_folded",
+                              spec, run_eager_folded);
             }
         }
     }
