@@ -58,8 +58,10 @@ struct ActivationFunction {
     // formula, same parameters); returns false, leaving `post_ops` unchanged, otherwise.
     bool append_post_op(dnnl::post_ops& post_ops) const;
 
-    // Applies the activation to every element of `values` (f32), in place, in parallel on the
-    // engine's threads (vectorized where it matters).
+    // Writes the activation of every element of `input` into `output` (both f32, same shape; they
+    // may be the same tensor) in one pass, in parallel on the engine's threads (vectorized where
+    // it matters).
+    void apply(const Engine& engine, const Tensor& input, Tensor& output) const;
     void apply_in_place(const Engine& engine, Tensor& values) const;
 };
 

@@ -102,8 +102,10 @@ void ReLU::build_variables(std::span<const Shape> input_shapes) {
 Tensor ReLU::forward(const ForwardContext& context) const {
     expect_input_count(context.inputs.size(), 1);
     const Tensor& input = context.inputs[0];
-    Tensor output = input.dtype() == DType::f32 ? input.clone() : input.to(DType::f32);
-    impl_->function.apply_in_place(impl_->engine, output);
+    // One pass: read the input, write the output (no copy first).
+    const Tensor values = input.dtype() == DType::f32 ? input : input.to(DType::f32);
+    Tensor output = Tensor::uninitialized(values.shape(), DType::f32);
+    impl_->function.apply(impl_->engine, values, output);
     return output;
 }
 

@@ -342,7 +342,7 @@ TEST(ActivationFunctionLoop, SoftmaxOverAMiddleAxis) {
 TEST(ActivationFunctionLoop, RefusesNonF32Tensors) {
     Tensor values({4}, DType::bf16);
     expect_error([&] { parse("relu").apply_in_place(default_engine(), values); },
-                 ErrorCategory::invalid_argument, "values dtype = bfloat16; expected float32");
+                 ErrorCategory::invalid_argument, "dtype = bfloat16 -> bfloat16; expected float32");
 }
 
 }  // namespace
