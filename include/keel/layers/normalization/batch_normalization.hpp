@@ -22,7 +22,7 @@ enum class BatchNormalizationBehavior {
     v1,        // TF 1.15's V1 class: fused falls back silently; trainable=false keeps batch stats.
     tf_keras,  // today's tf_keras: rank-5 fused, TF2 virtual batches at inference, f32 16-bit path.
     keras3,    // Keras 3: never fused (epsilon as given, biased variance in the moving update),
-               // v·m + value·(1 − m) updates, one int axis; no renorm, virtual batches or adjustment.
+             // v·m + value·(1 − m) updates, one int axis; no renorm, virtual batches or adjustment.
 };
 std::string_view behavior_name(BatchNormalizationBehavior behavior) noexcept;
 BatchNormalizationBehavior parse_behavior(std::string_view text);
