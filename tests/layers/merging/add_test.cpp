@@ -5,12 +5,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include "layers/merging/merging_test_support.hpp"
+#include "support/layer_test_support.hpp"
 
 namespace keel {
 namespace {
 
-using merging_test::expect_error;
+using layer_testing::expect_error;
 
 TEST(Add, SumsLeftToRightExactlyAsKeras) {
     // Sizes below and above the parallel grain; element counts not multiples of 8 or 16.
@@ -18,7 +18,7 @@ TEST(Add, SumsLeftToRightExactlyAsKeras) {
         for (const std::size_t count : {2, 3, 5}) {
             std::vector<Tensor> inputs;
             for (std::size_t i = 0; i < count; ++i) {
-                inputs.push_back(merging_test::random_tensor(shape, static_cast<unsigned>(i + 1)));
+                inputs.push_back(layer_testing::random_tensor(shape, static_cast<unsigned>(i + 1)));
             }
             std::vector<float> expected = inputs[0].to_floats();
             for (std::size_t i = 1; i < count; ++i) {
@@ -43,7 +43,7 @@ TEST(Add, OrderMattersAndIsKeras) {
 
 TEST(Add, SingleInputIsPassedThrough) {
     Add layer;
-    const Tensor input = merging_test::random_tensor({2, 3}, 5);
+    const Tensor input = layer_testing::random_tensor({2, 3}, 5);
     EXPECT_EQ(layer.call(std::vector<Tensor>{input}).to_floats(), input.to_floats());
 }
 
@@ -66,7 +66,7 @@ TEST(Add, ShapeRules) {
                  "inputs = 0 tensors");
     // At run time the batch must match too.
     const std::vector<Tensor> batches{Tensor({2, 3}, DType::f32), Tensor({3, 3}, DType::f32)};
-    expect_error([&] { merging_test::run(layer, batches); }, ErrorCategory::shape_mismatch,
+    expect_error([&] { layer_testing::run(layer, batches); }, ErrorCategory::shape_mismatch,
                  "input 1 shape = [3, 3]");
 }
 
@@ -91,10 +91,10 @@ TEST(Add, ArgumentsAndConfigs) {
 
 TEST(Add, ConcurrentForwardIsIdentical) {
     Add layer;
-    merging_test::expect_concurrent_forward_identical(
-        layer, {merging_test::random_tensor({3, 40, 40, 33}, 1),
-                merging_test::random_tensor({3, 40, 40, 33}, 2),
-                merging_test::random_tensor({3, 40, 40, 33}, 3)});
+    layer_testing::expect_concurrent_forward_identical(
+        layer, {layer_testing::random_tensor({3, 40, 40, 33}, 1),
+                layer_testing::random_tensor({3, 40, 40, 33}, 2),
+                layer_testing::random_tensor({3, 40, 40, 33}, 3)});
 }
 
 }  // namespace

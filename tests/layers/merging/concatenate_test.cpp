@@ -5,12 +5,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include "layers/merging/merging_test_support.hpp"
+#include "support/layer_test_support.hpp"
 
 namespace keel {
 namespace {
 
-using merging_test::expect_error;
+using layer_testing::expect_error;
 
 // Naive: walk the output's indices and read the input that owns each position along `axis`.
 std::vector<float> reference_concatenate(const std::vector<Tensor>& inputs, int axis) {
@@ -37,7 +37,7 @@ TEST(Concatenate, MatchesReferenceOnEveryAxis) {
         for (const std::int64_t size : {3, 17, 1}) {
             Shape shape{3, 7, 9, 5};
             shape[static_cast<std::size_t>(resolved)] = size;
-            inputs.push_back(merging_test::random_tensor(shape, seed++));
+            inputs.push_back(layer_testing::random_tensor(shape, seed++));
         }
         ConcatenateOptions options;
         options.axis = axis;
@@ -51,8 +51,8 @@ TEST(Concatenate, MatchesReferenceOnEveryAxis) {
 }
 
 TEST(Concatenate, LargeChannelsLastConcatenation) {
-    std::vector<Tensor> inputs{merging_test::random_tensor({3, 56, 56, 24}, 1),
-                               merging_test::random_tensor({3, 56, 56, 40}, 2)};
+    std::vector<Tensor> inputs{layer_testing::random_tensor({3, 56, 56, 24}, 1),
+                               layer_testing::random_tensor({3, 56, 56, 40}, 2)};
     Concatenate layer;
     EXPECT_EQ(layer.call(inputs).to_floats(), reference_concatenate(inputs, 3));
 }
@@ -76,7 +76,7 @@ TEST(Concatenate, ShapeRules) {
     expect_error([&] { bad_axis.infer_output_shape(shapes); }, ErrorCategory::invalid_argument,
                  "axis = 3; expected an axis in [-3, 3)");
     const std::vector<Tensor> batches{Tensor({2, 3}, DType::f32), Tensor({3, 3}, DType::f32)};
-    expect_error([&] { merging_test::run(layer, batches); }, ErrorCategory::shape_mismatch,
+    expect_error([&] { layer_testing::run(layer, batches); }, ErrorCategory::shape_mismatch,
                  "input 1 shape = [3, 3]");
 }
 
@@ -109,9 +109,9 @@ TEST(Concatenate, ConfigsRoundTrip) {
 
 TEST(Concatenate, ConcurrentForwardIsIdentical) {
     Concatenate layer;
-    merging_test::expect_concurrent_forward_identical(
-        layer, {merging_test::random_tensor({3, 30, 30, 13}, 6),
-                merging_test::random_tensor({3, 30, 30, 7}, 7)});
+    layer_testing::expect_concurrent_forward_identical(
+        layer, {layer_testing::random_tensor({3, 30, 30, 13}, 6),
+                layer_testing::random_tensor({3, 30, 30, 7}, 7)});
 }
 
 }  // namespace

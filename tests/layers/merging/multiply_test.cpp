@@ -5,19 +5,19 @@
 
 #include <nlohmann/json.hpp>
 
-#include "layers/merging/merging_test_support.hpp"
+#include "support/layer_test_support.hpp"
 
 namespace keel {
 namespace {
 
-using merging_test::expect_error;
+using layer_testing::expect_error;
 
 TEST(Multiply, MultipliesLeftToRightExactlyAsKeras) {
     for (const Shape& shape : {Shape{1, 3, 5, 7}, Shape{3, 61, 67, 19}}) {
         for (const std::size_t count : {2, 4}) {
             std::vector<Tensor> inputs;
             for (std::size_t i = 0; i < count; ++i) {
-                inputs.push_back(merging_test::random_tensor(shape, static_cast<unsigned>(i + 9)));
+                inputs.push_back(layer_testing::random_tensor(shape, static_cast<unsigned>(i + 9)));
             }
             std::vector<float> expected = inputs[0].to_floats();
             for (std::size_t i = 1; i < count; ++i) {
@@ -32,8 +32,8 @@ TEST(Multiply, MultipliesLeftToRightExactlyAsKeras) {
 
 TEST(Multiply, ConvertsSixteenBitInputs) {
     Multiply layer;
-    const Tensor a = merging_test::random_tensor({2, 5}, 1);
-    const Tensor b = merging_test::random_tensor({2, 5}, 2).to(DType::bf16);
+    const Tensor a = layer_testing::random_tensor({2, 5}, 1);
+    const Tensor b = layer_testing::random_tensor({2, 5}, 2).to(DType::bf16);
     const std::vector<float> av = a.to_floats();
     const std::vector<float> bv = b.to_floats();  // bf16 widened exactly
     const Tensor output = layer.call(std::vector<Tensor>{a, b});
@@ -64,9 +64,9 @@ TEST(Multiply, ShapeRulesAndConfig) {
 
 TEST(Multiply, ConcurrentForwardIsIdentical) {
     Multiply layer;
-    merging_test::expect_concurrent_forward_identical(
-        layer, {merging_test::random_tensor({2, 50, 50, 17}, 4),
-                merging_test::random_tensor({2, 50, 50, 17}, 5)});
+    layer_testing::expect_concurrent_forward_identical(
+        layer, {layer_testing::random_tensor({2, 50, 50, 17}, 4),
+                layer_testing::random_tensor({2, 50, 50, 17}, 5)});
 }
 
 }  // namespace

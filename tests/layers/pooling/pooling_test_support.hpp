@@ -7,37 +7,23 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <keel/engine/error.hpp>
 #include <keel/layers/layer.hpp>
 
+#include "support/layer_test_support.hpp"
+
 namespace keel::pooling_test {
 
-// Runs `action`, expecting a keel::Error of `category` whose message contains `fragment`.
-template <typename Action>
-void expect_error(Action&& action, ErrorCategory category, const std::string& fragment) {
-    try {
-        action();
-        FAIL() << "expected keel::Error containing '" << fragment << "'";
-    } catch (const Error& error) {
-        EXPECT_EQ(error.category(), category) << error.what();
-        EXPECT_THAT(error.what(), ::testing::HasSubstr(fragment));
-    }
-}
+using layer_testing::expect_concurrent_forward_identical;
+using layer_testing::expect_error;
 
 inline Tensor random_tensor(const Shape& shape, unsigned seed) {
-    std::mt19937 generator(seed);
-    std::uniform_real_distribution<float> distribution(-4.0f, 4.0f);
-    std::vector<float> values(static_cast<std::size_t>(element_count(shape)));
-    for (float& value : values) value = distribution(generator);
-    return Tensor::from_floats(shape, values);
+    return layer_testing::random_tensor(shape, seed, 4.0f);
 }
 
 struct Case {
@@ -155,28 +141,6 @@ inline std::vector<Case> case_matrix() {
         }
     }
     return cases;
-}
-
-// Four threads calling forward() at once on one layer give exactly the serial result.
-inline void expect_concurrent_forward_identical(const Layer& layer,
-                                                const std::vector<Tensor>& inputs) {
-    const std::vector<Tensor> no_variables;
-    std::vector<VariableUpdate> serial_updates;
-    const std::vector<float> expected =
-        layer.forward({inputs, no_variables, false, serial_updates}).to_floats();
-    std::vector<std::vector<float>> results(4);
-    std::vector<std::thread> threads;
-    for (std::size_t t = 0; t < results.size(); ++t) {
-        threads.emplace_back([&, t] {
-            std::vector<VariableUpdate> updates;
-            for (int repeat = 0; repeat < 10; ++repeat) {
-                results[t] = layer.forward({inputs, no_variables, false, updates}).to_floats();
-                if (results[t] != expected) return;
-            }
-        });
-    }
-    for (std::thread& thread : threads) thread.join();
-    for (const std::vector<float>& result : results) EXPECT_EQ(result, expected);
 }
 
 }  // namespace keel::pooling_test

@@ -5,15 +5,15 @@
 
 #include <nlohmann/json.hpp>
 
-#include "layers/reshaping/reshaping_test_support.hpp"
+#include "support/layer_test_support.hpp"
 
 namespace keel {
 namespace {
 
-using reshaping_test::expect_error;
+using layer_testing::expect_error;
 
 TEST(Flatten, ChannelsLastKeepsTheOrder) {
-    const Tensor input = reshaping_test::random_tensor({3, 5, 7, 17}, 1);
+    const Tensor input = layer_testing::random_tensor({3, 5, 7, 17}, 1);
     Flatten layer;
     const Tensor output = layer.call(input);
     EXPECT_EQ(output.shape(), (Shape{3, 5 * 7 * 17}));
@@ -25,7 +25,7 @@ TEST(Flatten, ChannelsFirstMovesChannelsLastFirst) {
     options.data_format = "channels_first";
     Flatten layer(options);
     for (const Shape& shape : {Shape{3, 17, 5, 7}, Shape{1, 3, 130, 1}, Shape{2, 4, 3, 2, 5}}) {
-        const Tensor input = reshaping_test::random_tensor(shape, 2);
+        const Tensor input = layer_testing::random_tensor(shape, 2);
         const std::int64_t batch = shape[0], channels = shape[1];
         const std::int64_t spatial = input.element_count() / (batch * channels);
         std::vector<float> expected;
@@ -41,8 +41,8 @@ TEST(Flatten, ChannelsFirstMovesChannelsLastFirst) {
         EXPECT_EQ(output.to_floats(), expected) << shape_to_string(shape);
     }
     // Rank 2 has nothing to move.
-    const Tensor matrix = reshaping_test::random_tensor({2, 6}, 3);
-    EXPECT_EQ(reshaping_test::run(layer, {matrix}).to_floats(), matrix.to_floats());
+    const Tensor matrix = layer_testing::random_tensor({2, 6}, 3);
+    EXPECT_EQ(layer_testing::run(layer, {matrix}).to_floats(), matrix.to_floats());
 }
 
 TEST(Flatten, RankOneGainsAFeatureAxis) {
@@ -62,11 +62,11 @@ TEST(Flatten, InfersShapesWithUnknownDimensions) {
 
 TEST(Flatten, SharesOwnedStorageAndCopiesViews) {
     Flatten layer;
-    const Tensor owned = reshaping_test::random_tensor({2, 3, 4}, 4);
-    EXPECT_EQ(reshaping_test::run(layer, {owned}).data(), owned.data());
+    const Tensor owned = layer_testing::random_tensor({2, 3, 4}, 4);
+    EXPECT_EQ(layer_testing::run(layer, {owned}).data(), owned.data());
     std::vector<float> caller(24, 1.5f);
     const Tensor view = Tensor::view(caller.data(), {2, 3, 4}, DType::f32);
-    const Tensor output = reshaping_test::run(layer, {view});
+    const Tensor output = layer_testing::run(layer, {view});
     EXPECT_NE(output.data(), static_cast<const void*>(caller.data()));
     EXPECT_EQ(output.to_floats(), caller);
 }
@@ -107,8 +107,8 @@ TEST(Flatten, ConcurrentForwardIsIdentical) {
     FlattenOptions options;
     options.data_format = "channels_first";
     Flatten layer(options);
-    reshaping_test::expect_concurrent_forward_identical(
-        layer, {reshaping_test::random_tensor({3, 33, 41, 43}, 5)});
+    layer_testing::expect_concurrent_forward_identical(
+        layer, {layer_testing::random_tensor({3, 33, 41, 43}, 5)});
 }
 
 }  // namespace

@@ -5,12 +5,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include "layers/reshaping/reshaping_test_support.hpp"
+#include "support/layer_test_support.hpp"
 
 namespace keel {
 namespace {
 
-using reshaping_test::expect_error;
+using layer_testing::expect_error;
 
 Reshape make(std::vector<std::int64_t> target) {
     ReshapeOptions options;
@@ -19,7 +19,7 @@ Reshape make(std::vector<std::int64_t> target) {
 }
 
 TEST(Reshape, ReshapesKeepingTheData) {
-    const Tensor input = reshaping_test::random_tensor({3, 4, 6}, 1);
+    const Tensor input = layer_testing::random_tensor({3, 4, 6}, 1);
     for (const auto& [target, expected] :
          std::vector<std::pair<std::vector<std::int64_t>, Shape>>{{{24}, {3, 24}},
                                                                   {{2, -1}, {3, 2, 12}},
@@ -56,16 +56,15 @@ TEST(Reshape, ChecksCountsAtRunTimeWhenUnknown) {
     EXPECT_EQ(layer.compute_output_shape({-1, -1, 2}), (Shape{-1, -1, 4}));
     Reshape fixed = make({3, 4});
     EXPECT_EQ(fixed.compute_output_shape({-1, -1}), (Shape{-1, 3, 4}));
-    EXPECT_EQ(reshaping_test::run(layer, {Tensor({2, 6, 2}, DType::f32)}).shape(),
-              (Shape{2, 3, 4}));
+    EXPECT_EQ(layer_testing::run(layer, {Tensor({2, 6, 2}, DType::f32)}).shape(), (Shape{2, 3, 4}));
     expect_error(
         [&] {
-            reshaping_test::run(layer, {Tensor({2, 5, 2}, DType::f32)});
+            layer_testing::run(layer, {Tensor({2, 5, 2}, DType::f32)});
         },
         ErrorCategory::shape_mismatch, "input shape = [2, 5, 2]");
     expect_error(
         [&] {
-            reshaping_test::run(fixed, {Tensor({2, 11}, DType::f32)});
+            layer_testing::run(fixed, {Tensor({2, 11}, DType::f32)});
         },
         ErrorCategory::shape_mismatch, "input shape = [2, 11]");
 }
@@ -115,8 +114,8 @@ TEST(Reshape, ConfigsRoundTrip) {
 
 TEST(Reshape, ConcurrentForwardIsIdentical) {
     Reshape layer = make({-1, 7});
-    reshaping_test::expect_concurrent_forward_identical(
-        layer, {reshaping_test::random_tensor({3, 49, 5}, 3)});
+    layer_testing::expect_concurrent_forward_identical(
+        layer, {layer_testing::random_tensor({3, 49, 5}, 3)});
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #pragma once
 
-// What the merging tests share: seeded data, error expectations and a concurrency check.
+// What the layer tests share: seeded data, error expectations, a forward() without variables and a
+// concurrency check.
 
 #include <random>
 #include <string>
@@ -13,8 +14,9 @@
 #include <keel/engine/error.hpp>
 #include <keel/layers/layer.hpp>
 
-namespace keel::merging_test {
+namespace keel::layer_testing {
 
+// Runs `action`, expecting a keel::Error of `category` whose message contains `fragment`.
 template <typename Action>
 void expect_error(Action&& action, ErrorCategory category, const std::string& fragment) {
     try {
@@ -26,14 +28,16 @@ void expect_error(Action&& action, ErrorCategory category, const std::string& fr
     }
 }
 
-inline Tensor random_tensor(const Shape& shape, unsigned seed) {
+// Values uniform in [-bound, bound], the same for the same seed.
+inline Tensor random_tensor(const Shape& shape, unsigned seed, float bound = 3.0f) {
     std::mt19937 generator(seed);
-    std::uniform_real_distribution<float> distribution(-3.0f, 3.0f);
+    std::uniform_real_distribution<float> distribution(-bound, bound);
     std::vector<float> values(static_cast<std::size_t>(element_count(shape)));
     for (float& value : values) value = distribution(generator);
     return Tensor::from_floats(shape, values);
 }
 
+// forward() of a layer that reads no variables, in inference.
 inline Tensor run(const Layer& layer, const std::vector<Tensor>& inputs) {
     const std::vector<Tensor> no_variables;
     std::vector<VariableUpdate> updates;
@@ -58,4 +62,4 @@ inline void expect_concurrent_forward_identical(const Layer& layer,
     for (const std::vector<float>& result : results) EXPECT_EQ(result, expected);
 }
 
-}  // namespace keel::merging_test
+}  // namespace keel::layer_testing
