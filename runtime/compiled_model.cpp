@@ -6,8 +6,8 @@
 #include <thread>
 
 #include <spdlog/spdlog.h>
-#include <keel/engine/error.hpp>
 
+#include <keel/engine/error.hpp>
 #include <keel/engine/logging.hpp>
 
 #include "engine/engine_state.hpp"
