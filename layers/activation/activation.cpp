@@ -5,7 +5,7 @@
 #include <keel/engine/error.hpp>
 
 #include "layers/activation/activation_function.hpp"
-#include "layers/activation/layer_checks.hpp"
+#include "layers/keras/layer_arguments.hpp"
 #include "layers/keras/layer_config.hpp"
 
 namespace keel {
@@ -24,8 +24,8 @@ Activation::Activation(ActivationOptions options, Engine engine)
     options.name = name();
     impl_->function =
         activation::ActivationFunction::from_keras(options.activation, where, "activation");
-    layer_checks::require_float32(options.dtype, where);
-    layer_checks::require_valid_batch_input_shape(options.batch_input_shape, where);
+    layer_arguments::require_float32(where, options.dtype);
+    layer_arguments::check_batch_input_shape(where, options.batch_input_shape);
     impl_->engine = std::move(engine);
     impl_->options = std::move(options);
 }
@@ -70,8 +70,8 @@ const ActivationOptions& Activation::options() const noexcept { return impl_->op
 
 void Activation::build_variables(std::span<const Shape> input_shapes) {
     infer_output_shape(input_shapes);
-    layer_checks::require_declared_shape(impl_->options.batch_input_shape, input_shapes[0],
-                                         describe());
+    layer_arguments::check_declared_input(describe(), impl_->options.batch_input_shape,
+                                          input_shapes[0]);
 }
 
 Tensor Activation::forward(const ForwardContext& context) const {

@@ -8,7 +8,7 @@
 #include <keel/engine/error.hpp>
 
 #include "layers/activation/activation_function.hpp"
-#include "layers/activation/layer_checks.hpp"
+#include "layers/keras/layer_arguments.hpp"
 #include "layers/keras/layer_config.hpp"
 
 namespace keel {
@@ -45,8 +45,8 @@ ReLU::ReLU(ReLUOptions options, Engine engine)
     if (options.max_value) require_non_negative(*options.max_value, "max_value", where);
     require_non_negative(options.negative_slope, "negative_slope", where);
     require_non_negative(options.threshold, "threshold", where);
-    layer_checks::require_float32(options.dtype, where);
-    layer_checks::require_valid_batch_input_shape(options.batch_input_shape, where);
+    layer_arguments::require_float32(where, options.dtype);
+    layer_arguments::check_batch_input_shape(where, options.batch_input_shape);
     activation::ActivationFunction& function = impl_->function;
     function.kind = activation::ActivationFunction::Kind::relu;
     // Keras casts the parameters to floatx (float32) before computing.
@@ -95,8 +95,8 @@ const ReLUOptions& ReLU::options() const noexcept { return impl_->options; }
 
 void ReLU::build_variables(std::span<const Shape> input_shapes) {
     expect_input_count(input_shapes.size(), 1);
-    layer_checks::require_declared_shape(impl_->options.batch_input_shape, input_shapes[0],
-                                         describe());
+    layer_arguments::check_declared_input(describe(), impl_->options.batch_input_shape,
+                                          input_shapes[0]);
 }
 
 Tensor ReLU::forward(const ForwardContext& context) const {

@@ -6,7 +6,7 @@
 #include <keel/engine/error.hpp>
 
 #include "layers/activation/activation_function.hpp"
-#include "layers/activation/layer_checks.hpp"
+#include "layers/keras/layer_arguments.hpp"
 #include "layers/keras/layer_config.hpp"
 
 namespace keel {
@@ -63,8 +63,8 @@ Softmax::Softmax(SoftmaxOptions options, Engine engine)
     if (impl_->axes.empty()) {
         throw invalid_argument(where, "axis", "[]", "an int or a non-empty list of ints");
     }
-    layer_checks::require_float32(options.dtype, where);
-    layer_checks::require_valid_batch_input_shape(options.batch_input_shape, where);
+    layer_arguments::require_float32(where, options.dtype);
+    layer_arguments::check_batch_input_shape(where, options.batch_input_shape);
     impl_->engine = std::move(engine);
     impl_->options = std::move(options);
 }
@@ -127,8 +127,8 @@ const SoftmaxOptions& Softmax::options() const noexcept { return impl_->options;
 
 void Softmax::build_variables(std::span<const Shape> input_shapes) {
     infer_output_shape(input_shapes);
-    layer_checks::require_declared_shape(impl_->options.batch_input_shape, input_shapes[0],
-                                         describe());
+    layer_arguments::check_declared_input(describe(), impl_->options.batch_input_shape,
+                                          input_shapes[0]);
 }
 
 Tensor Softmax::forward(const ForwardContext& context) const {

@@ -23,8 +23,8 @@
 #include "engine/onednn/translate_error.hpp"
 #include "engine/threading.hpp"
 #include "layers/activation/activation_function.hpp"
-#include "layers/activation/layer_checks.hpp"
 #include "layers/core/dense/dense_loop.hpp"
+#include "layers/keras/layer_arguments.hpp"
 #include "layers/keras/layer_config.hpp"
 
 namespace keel {
@@ -184,8 +184,8 @@ Dense::Dense(DenseOptions options, Engine engine)
     impl.kernel_constraint =
         keras::get_constraint(options.kernel_constraint, where, "kernel_constraint");
     impl.bias_constraint = keras::get_constraint(options.bias_constraint, where, "bias_constraint");
-    layer_checks::require_float32(options.dtype, where);
-    layer_checks::require_valid_batch_input_shape(options.batch_input_shape, where);
+    layer_arguments::require_float32(where, options.dtype);
+    layer_arguments::check_batch_input_shape(where, options.batch_input_shape);
     impl.engine = std::move(engine);
     impl.options = std::move(options);
 }
@@ -276,8 +276,8 @@ std::string Dense::last_implementation() const {
 void Dense::build_variables(std::span<const Shape> input_shapes) {
     infer_output_shape(input_shapes);
     Impl& impl = *impl_;
-    layer_checks::require_declared_shape(impl.options.batch_input_shape, input_shapes[0],
-                                         describe());
+    layer_arguments::check_declared_input(describe(), impl.options.batch_input_shape,
+                                          input_shapes[0]);
     const std::int64_t in = input_shapes[0].back();
     add_variable("kernel", {in, impl.options.units}, impl.kernel_initializer,
                  impl.kernel_regularizer, impl.kernel_constraint, true);

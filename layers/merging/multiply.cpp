@@ -1,8 +1,8 @@
 #include <keel/layers/merging/multiply.hpp>
 
+#include "layers/keras/layer_arguments.hpp"
 #include "layers/keras/layer_config.hpp"
 #include "layers/merging/elementwise_merge.hpp"
-#include "layers/pooling/layer_arguments.hpp"
 
 namespace keel {
 

@@ -2,8 +2,8 @@
 
 #include <keel/engine/error.hpp>
 
+#include "layers/keras/layer_arguments.hpp"
 #include "layers/keras/layer_config.hpp"
-#include "layers/pooling/layer_arguments.hpp"
 #include "layers/pooling/pooling_2d.hpp"
 
 namespace keel {

@@ -16,7 +16,7 @@
 #include "engine/onednn/memory_desc.hpp"
 #include "engine/onednn/translate_error.hpp"
 #include "engine/threading.hpp"
-#include "layers/pooling/layer_arguments.hpp"
+#include "layers/keras/layer_arguments.hpp"
 
 namespace keel::pooling {
 namespace {

@@ -5,8 +5,8 @@
 #include <keel/engine/error.hpp>
 
 #include "engine/threading.hpp"
+#include "layers/keras/layer_arguments.hpp"
 #include "layers/keras/layer_config.hpp"
-#include "layers/pooling/layer_arguments.hpp"
 
 namespace keel {
 namespace {

@@ -1,8 +1,8 @@
 #pragma once
 
-// Internal: the arguments every shape-only layer (merging, pooling, reshaping) shares with Keras'
-// base Layer — dtype, batch_input_shape, data_format — checked and echoed in one way, so these
-// layers report bad input in the same words.
+// Internal: the arguments every float32-only keel layer shares with Keras' base Layer — dtype,
+// batch_input_shape, data_format — checked and echoed in one way, so all of them report bad input
+// in the same words.
 
 #include <optional>
 #include <string>

@@ -1,4 +1,4 @@
-#include "layers/pooling/layer_arguments.hpp"
+#include "layers/keras/layer_arguments.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -8,7 +8,7 @@
 namespace keel::layer_arguments {
 
 void require_float32(std::string_view where, std::string_view dtype) {
-    if (dtype == "float32") return;
+    if (dtype == "float32" || dtype == "f32") return;
     throw unsupported(where, "dtype = \"" + std::string(dtype) + "\"",
                       "keel computes this layer in float32 only (expected \"float32\")");
 }
