@@ -22,6 +22,12 @@
 
 namespace keel::batch_normalization {
 
+// How the pass writes its output. Ordinary stores leave it in cache for the next layer to read;
+// non-temporal (streaming) stores send it to memory without reading each line first, which is
+// faster when input and output together exceed the last-level cache and the output would be
+// evicted anyway. `automatic` chooses by that size.
+enum class OutputStores { automatic, cached, streaming };
+
 struct NormalizeCoefficients {
     std::vector<float> mean_hi;  // per statistic index
     std::vector<float> mean_lo;  // f32(mean − mean_hi); zeros when the mean is already f32
@@ -30,6 +36,8 @@ struct NormalizeCoefficients {
     // Then y = max(y, 0) in the same pass (the runtime's BatchNormalization+ReLU fusion). Not with
     // an adjustment.
     bool relu = false;
+    // Not with an adjustment, which always stores ordinarily.
+    OutputStores stores = OutputStores::automatic;
 };
 
 // Splits f64 means into hi/lo f32 pairs.

@@ -91,17 +91,16 @@ HWY_INLINE FloatVec load_as_f32(FloatTag df, const typename Format::Storage* sou
     }
 }
 
+// The 16-bit storage vector of a rounded f32 vector (bf16 or, with F16C, f16 bits).
 template <class Format>
-HWY_INLINE void store_from_f32(FloatTag df, FloatVec value, typename Format::Storage* destination) {
-    if constexpr (std::is_same_v<Format, F32Format>) {
-        hn::StoreU(value, df, destination);
-    } else if constexpr (std::is_same_v<Format, Bf16Format>) {
+HWY_INLINE auto narrow_from_f32(FloatVec value) {
+    const hn::Rebind<std::uint16_t, FloatTag> du16;
+    if constexpr (std::is_same_v<Format, Bf16Format>) {
         // Highway 1.0.3's DemoteTo to bf16 truncates; keel rounds to nearest even: add 0x7FFF plus
         // the lowest kept bit, then drop the low half. NaN keeps its sign and upper payload and
         // becomes quiet (the carry could otherwise turn it into an infinity or flip the sign).
         const hn::RebindToUnsigned<FloatTag> du32;
         const hn::RebindToSigned<FloatTag> di32;
-        const hn::Rebind<std::uint16_t, FloatTag> du16;
         const auto bits = hn::BitCast(du32, value);
         const auto upper = hn::ShiftRight<16>(bits);
         const auto bias = hn::Add(hn::And(upper, hn::Set(du32, 1)), hn::Set(du32, 0x7FFF));
@@ -110,16 +109,51 @@ HWY_INLINE void store_from_f32(FloatTag df, FloatVec value, typename Format::Sto
         const auto result =
             hn::IfThenElse(hn::RebindMask(du32, hn::IsNaN(value)), quiet_nan, rounded);
         // Every lane holds a value below 2^16, so the saturating demotion only narrows.
-        hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di32, result)), du16, destination);
-    } else if constexpr (kHardwareF16) {
+        return hn::DemoteTo(du16, hn::BitCast(di32, result));
+    } else {
+        static_assert(std::is_same_v<Format, F16Format> && kHardwareF16);
         // VCVTPS2PH with imm8 = 0 rounds to nearest even, as keel does.
         const hn::Rebind<hwy::float16_t, FloatTag> df16;
-        hn::StoreU(hn::DemoteTo(df16, value), df16, reinterpret_cast<hwy::float16_t*>(destination));
+        return hn::BitCast(du16, hn::DemoteTo(df16, value));
+    }
+}
+
+template <class Format>
+HWY_INLINE void store_from_f32(FloatTag df, FloatVec value, typename Format::Storage* destination) {
+    if constexpr (std::is_same_v<Format, F32Format>) {
+        hn::StoreU(value, df, destination);
+    } else if constexpr (std::is_same_v<Format, Bf16Format> ||
+                         (std::is_same_v<Format, F16Format> && kHardwareF16)) {
+        const hn::Rebind<std::uint16_t, FloatTag> du16;
+        hn::StoreU(narrow_from_f32<Format>(value), du16, destination);
     } else {
         HWY_ALIGN float lanes[hn::MaxLanes(FloatTag())];
         hn::Store(value, df, lanes);
         for (std::size_t i = 0; i < hn::Lanes(df); ++i)
             destination[i] = float_to_f16_bits(lanes[i]);
+    }
+}
+
+// Whether stream_from_f32 writes with non-temporal stores on this target: only where the stored
+// vector fills at least 16 bytes (Highway's Stream writes 16 bytes even for narrower vectors).
+template <class Format>
+inline constexpr bool kStreams = HWY_ARCH_X86&& HWY_TARGET <= HWY_AVX2 &&
+                                 (std::is_same_v<Format, F32Format> ||
+                                  std::is_same_v<Format, Bf16Format> || kHardwareF16);
+
+// As store_from_f32, with a non-temporal store (the line goes to memory without being read for
+// ownership or kept in cache) when the target has one. `destination` must be aligned to the
+// stored vector's size; hwy::FlushStream() orders the stores before the results are published.
+template <class Format>
+HWY_INLINE void stream_from_f32(FloatTag df, FloatVec value,
+                                typename Format::Storage* destination) {
+    if constexpr (!kStreams<Format>) {
+        store_from_f32<Format>(df, value, destination);
+    } else if constexpr (std::is_same_v<Format, F32Format>) {
+        hn::Stream(value, df, destination);
+    } else {
+        const hn::Rebind<std::uint16_t, FloatTag> du16;
+        hn::Stream(narrow_from_f32<Format>(value), du16, destination);
     }
 }
 

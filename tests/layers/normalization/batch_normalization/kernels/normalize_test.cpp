@@ -2,8 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <optional>
@@ -369,6 +371,59 @@ TEST(Normalize, InPlaceGivesTheSameOutputsAsOutOfPlace) {
             normalize(engine_with_threads(2), in_place, problem.geometry, problem.coefficients,
                       nullptr, in_place);
             EXPECT_EQ(in_place.to_floats(), out_of_place.to_floats()) << target_name(target);
+        }
+    }
+}
+
+// Inference passes means that are exact f32 values (every low part +0), and the kernel then skips
+// the low part: the results must stay within the same bound of the reference on every operand
+// layout (direct channels-last rows, packed narrow rows, channels-first rows, expanded runs).
+TEST(Normalize, ExactF32MeansMatchTheReference) {
+    std::uint32_t seed = 1500;
+    for (const GeometryCase& c : std::vector<GeometryCase>{{{17, 33}, {1}},
+                                                           {{40, 3}, {1}},
+                                                           {{2, 5, 49}, {1}},
+                                                           {{2, 17, 3}, {1}},
+                                                           {{2, 3, 4, 5}, {1, 3}}}) {
+        for (const DType dtype : kDtypes) {
+            Problem problem = make_problem(c, dtype, seed++, std::nullopt);
+            std::fill(problem.coefficients.mean_lo.begin(), problem.coefficients.mean_lo.end(),
+                      0.0F);
+            check_problem(problem, dtype);
+        }
+    }
+}
+
+// Streaming (non-temporal) stores change where the outputs go, never their values: forced on, every
+// target writes exactly what ordinary stores write, including rows whose vectors are not aligned
+// (channels-first runs of 49), partial tails, the fused ReLU and 16-bit outputs.
+TEST(Normalize, StreamingStoresWriteExactlyWhatCachedStoresWrite) {
+    std::uint32_t seed = 1600;
+    for (const GeometryCase& c : std::vector<GeometryCase>{
+             {{1037, 17}, {1}}, {{3, 70001}, {1}}, {{2, 7, 49}, {1}}, {{2, 3, 100, 33}, {1, 3}}}) {
+        for (const DType dtype : kDtypes) {
+            SCOPED_TRACE(describe(c) + " " + std::string(dtype_name(dtype)));
+            Problem problem = make_problem(c, dtype, seed++, std::nullopt);
+            for (const bool relu : {false, true}) {
+                problem.coefficients.relu = relu;
+                for (const std::int64_t target : compiled_targets()) {
+                    TargetScope scope(target);
+                    for (const int threads : {1, 2}) {
+                        Tensor cached(c.shape, dtype);
+                        problem.coefficients.stores = OutputStores::cached;
+                        normalize(engine_with_threads(threads), problem.x, problem.geometry,
+                                  problem.coefficients, nullptr, cached);
+                        Tensor streamed(c.shape, dtype);
+                        problem.coefficients.stores = OutputStores::streaming;
+                        normalize(engine_with_threads(threads), problem.x, problem.geometry,
+                                  problem.coefficients, nullptr, streamed);
+                        ASSERT_EQ(0,
+                                  std::memcmp(cached.data(), streamed.data(), cached.byte_size()))
+                            << target_name(target) << ", relu " << relu << ", " << threads
+                            << " thread(s)";
+                    }
+                }
+            }
         }
     }
 }
