@@ -47,6 +47,8 @@ struct NormalizeVariant {
     bool stream_stores = false;
     // Every mean_lo is +0: the means are exact f32 values, and the low part is not read.
     bool exact_f32_means = false;
+    // The CPU has AVX512_BF16: AVX-512 targets round bf16 outputs with VCVTNEPS2BF16.
+    bool hardware_bf16 = false;
 };
 
 }  // namespace keel::batch_normalization
@@ -439,6 +441,12 @@ void normalize_units_for_formats(const NormalizePlan& plan, const NormalizeVaria
 void NormalizeUnits(const NormalizePlan& plan, const NormalizeVariant& variant, std::int64_t begin,
                     std::int64_t end) {
     visit_format(plan.x_dtype, [&](auto in) {
+        if constexpr (kHardwareBf16Target) {
+            if (plan.y_dtype == DType::bf16 && variant.hardware_bf16) {
+                return normalize_units_for_formats<decltype(in), Bf16HardwareFormat>(plan, variant,
+                                                                                     begin, end);
+            }
+        }
         visit_format(plan.y_dtype, [&](auto out) {
             normalize_units_for_formats<decltype(in), decltype(out)>(plan, variant, begin, end);
         });
@@ -767,6 +775,8 @@ void normalize(const Engine& engine, const Tensor& x, const ReductionGeometry& g
     if (x.element_count() == 0) return;
     const NormalizePlan plan = make_plan(x, geometry, coefficients, adjustment, y);
     NormalizeVariant variant;
+    static const bool hardware_bf16 = __builtin_cpu_supports("avx512bf16") != 0;
+    variant.hardware_bf16 = hardware_bf16;
     variant.exact_f32_means =
         std::all_of(coefficients.mean_lo.begin(), coefficients.mean_lo.end(),
                     [](float lo) { return std::bit_cast<std::uint32_t>(lo) == 0; });
