@@ -52,8 +52,8 @@ struct ElementwiseAdjustment {
     std::vector<float> outer_shift;  // per statistic index (β, or 0)
 };
 
-// `x` and `y` have the same shape (`x_shape`, which the geometry was made from); dtypes f32, bf16
-// or f16 each (they may differ). `adjustment` may be null.
+// `x` and `y` have the same shape (`x_shape`, which the geometry was made from) and the same dtype:
+// f32, bf16 or f16. `adjustment` may be null.
 void normalize(const Engine& engine, const Tensor& x, const ReductionGeometry& geometry,
                const NormalizeCoefficients& coefficients, const ElementwiseAdjustment* adjustment,
                Tensor& y);
@@ -64,7 +64,7 @@ void check_adjustment_broadcast(std::string_view where, std::string_view name,
                                 const Tensor& operand, const Shape& x_shape);
 
 // The name of the kernel variant normalize uses for this geometry, e.g.
-// "keel:normalize_channels_first_adjusted:avx2", for reports. One variant serves every dtype pair.
+// "keel:normalize_channels_first_adjusted:avx2", for reports. One variant serves every dtype.
 std::string normalize_kernel_name(const ReductionGeometry& geometry, bool with_adjustment);
 
 }  // namespace keel::batch_normalization
