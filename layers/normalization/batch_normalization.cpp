@@ -1,12 +1,15 @@
 #include <keel/layers/normalization/batch_normalization.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
-#include <map>
+#include <memory>
 #include <mutex>
-#include <numeric>
+#include <optional>
 #include <set>
-#include <tuple>
+#include <span>
+#include <utility>
+#include <vector>
 
 #include <keel/engine/error.hpp>
 
@@ -86,6 +89,136 @@ std::string axes_to_string(const std::vector<int>& axes) {
     return text + "]";
 }
 
+// Everything a call derives from its input's shape, its effective mode and its thread count (a
+// oneDNN primitive's team size is fixed when it is created, and the graph runtime may give this
+// layer fewer threads in one run than in another). Made by the first call that needs it, then
+// shared, immutable, by every later one.
+struct ShapePlan {
+    Shape shape;
+    bool training = false;
+    int threads = 1;
+    // The statistics geometry. Virtual batches view the input as [vbs, B/vbs, ...] and keep the
+    // second dimension, which makes TF's strided grouping (spec §6d).
+    ReductionGeometry geometry;
+    std::int64_t groups = 1;  // virtual batches in the batch (1 without)
+    KernelPlan kernel;
+    std::optional<MomentsPlan> moments;  // training on keel's own kernels
+    BatchNormalizationCallReport report;
+
+    bool serves(const Shape& input_shape, bool training_call, int thread_count) const {
+        return training == training_call && threads == thread_count && shape == input_shape;
+    }
+};
+
+// The coefficients keel's normalize kernel applies in inference (mean_hi = moving_mean,
+// scale = γ/√(σ² + ε), shift = β), computed once per set of variable values.
+struct InferenceCoefficients {
+    // The variables they were computed from: gamma, beta, moving_mean, moving_variance (empty
+    // tensors for an absent gamma or beta). Their data addresses identify the entry; holding the
+    // tensors holds their storage, so that no other values can take those addresses while the
+    // entry exists. Variables are immutable snapshots (layer.hpp), so equal addresses mean equal
+    // values.
+    std::array<Tensor, 4> sources;
+    bool relu = false;
+    NormalizeCoefficients coefficients;
+
+    bool serves(const std::array<const Tensor*, 4>& variables, bool relu_call) const {
+        if (relu != relu_call) return false;
+        for (std::size_t i = 0; i < sources.size(); ++i) {
+            const void* data = variables[i] != nullptr ? variables[i]->data() : nullptr;
+            if (sources[i].data() != data) return false;
+        }
+        return true;
+    }
+};
+
+// A small cache with round-robin replacement: bounded, so that a server that sees ever new batch
+// sizes (or a training loop that publishes new variables at every step) does not grow it without
+// limit. Not synchronized: its owner locks.
+template <typename Entry, std::size_t kCapacity>
+class BoundedCache {
+  public:
+    template <typename Matches>
+    std::shared_ptr<const Entry> find(Matches&& matches) const {
+        for (const auto& entry : entries_) {
+            if (matches(*entry)) return entry;
+        }
+        return nullptr;
+    }
+    // Returns the entry it replaced, for the caller to release after unlocking.
+    std::shared_ptr<const Entry> insert(std::shared_ptr<const Entry> entry) {
+        if (entries_.size() < kCapacity) {
+            entries_.push_back(std::move(entry));
+            return nullptr;
+        }
+        std::shared_ptr<const Entry> replaced = std::exchange(entries_[next_], std::move(entry));
+        next_ = (next_ + 1) % kCapacity;
+        return replaced;
+    }
+    void clear() {
+        entries_.clear();
+        next_ = 0;
+    }
+
+  private:
+    std::vector<std::shared_ptr<const Entry>> entries_;
+    std::size_t next_ = 0;
+};
+
+// The temporaries of one call. Their vectors keep their capacity from call to call, so a thread
+// that has served a shape once serves it again without allocating.
+struct CallWorkspace {
+    MomentsWorkspace moments;
+    std::vector<double> batch_mean;      // per statistic
+    std::vector<double> batch_variance;  // per statistic
+    std::vector<double> inverse_stddev;  // per statistic: 1/√(σ² + ε)
+    std::vector<float> gamma;            // 1s when the layer has no gamma
+    std::vector<float> beta;             // 0s when the layer has no beta
+    std::vector<float> update_mean;      // per parameter
+    std::vector<float> update_variance;
+    std::vector<float> r;
+    std::vector<float> d;
+    std::vector<float> batch_stddev;
+    NormalizeCoefficients coefficients;
+};
+
+// Lends the calling thread a CallWorkspace for the duration of one call. A thread normally needs
+// one; it makes another only when a call starts while an outer call on the same thread still holds
+// one (a thread waiting for a parallel loop may run another layer's call meanwhile: TBB steals
+// work). So a thread keeps as many workspaces as its deepest such nesting, each as large as the
+// largest call it served: the statistics and parameters (a few vectors of them) and the moments'
+// partial results (MomentsPlan::workspace_doubles).
+class WorkspaceLease {
+  public:
+    WorkspaceLease() {
+        Pool& pool = thread_pool();
+        if (pool.in_use == pool.workspaces.size()) {
+            pool.workspaces.push_back(std::make_unique<CallWorkspace>());
+        }
+        workspace_ = pool.workspaces[pool.in_use++].get();
+    }
+    // Leases nest (a call that started on this thread ends before the call it interrupted
+    // resumes), so the last one taken is the first one given back.
+    ~WorkspaceLease() { --thread_pool().in_use; }
+    WorkspaceLease(const WorkspaceLease&) = delete;
+    WorkspaceLease& operator=(const WorkspaceLease&) = delete;
+
+    CallWorkspace& operator*() const noexcept { return *workspace_; }
+    CallWorkspace* operator->() const noexcept { return workspace_; }
+
+  private:
+    struct Pool {
+        std::vector<std::unique_ptr<CallWorkspace>> workspaces;
+        std::size_t in_use = 0;
+    };
+    static Pool& thread_pool() {
+        thread_local Pool pool;
+        return pool;
+    }
+
+    CallWorkspace* workspace_ = nullptr;
+};
+
 }  // namespace
 
 struct BatchNormalization::Impl {
@@ -100,6 +233,8 @@ struct BatchNormalization::Impl {
     bool fused = false;
     Shape param_shape;
     std::int64_t param_count = 0;
+    // What an empty batch reports, per effective mode ([0] inference, [1] training).
+    std::array<std::shared_ptr<const BatchNormalizationCallReport>, 2> empty_batch_reports;
 
     // Variable indices in creation order (set by build; gamma/beta absent without scale/center).
     std::optional<std::size_t> gamma_index;
@@ -110,18 +245,44 @@ struct BatchNormalization::Impl {
     std::size_t renorm_mean_index = 0;
     std::size_t renorm_stddev_index = 0;
 
-    // What concurrent runs share besides the configuration: the kernel plans per (shape, mode)
-    // and the diagnostics of the last call. Guarded because forward() is const and reentrant.
-    mutable std::mutex mutex;
-    // Keyed by the thread count too: a oneDNN primitive's team size is fixed when it is created,
-    // and the graph runtime may give this layer fewer threads in one run than in another.
-    mutable std::map<std::tuple<Shape, bool, int>, std::shared_ptr<const KernelPlan>> plans;
-    mutable BatchNormalizationCallReport report;
-    mutable Tensor renorm_r;
-    mutable Tensor renorm_d;
+    // What concurrent runs share besides the configuration, guarded because forward() is const
+    // and reentrant. Each lock is held for a lookup or a pointer swap, never while computing or
+    // freeing: plans and coefficients are made outside the lock.
+    mutable std::mutex cache_mutex;
+    mutable BoundedCache<ShapePlan, 64> plans;
+    // A few entries: concurrent runs may read different snapshots (a training run publishes new
+    // values while inference runs still read the previous ones), and a graph rewrite may pass
+    // values of its own.
+    mutable BoundedCache<InferenceCoefficients, 8> coefficient_cache;
+
+    // The diagnostics of the last call: its plan's report (shared, not copied), and batch
+    // renormalization's r and d (vectors that keep their capacity).
+    mutable std::mutex report_mutex;
+    mutable std::shared_ptr<const BatchNormalizationCallReport> report;
+    mutable bool renorm_recorded = false;  // false until the first renorm training call
+    mutable std::vector<float> renorm_r;
+    mutable std::vector<float> renorm_d;
 
     bool behavior_is(BatchNormalizationBehavior behavior) const {
         return options.behavior == behavior;
+    }
+
+    // The plan for this call's shape, mode and thread count: cached, or made (and logged under
+    // the layer's name) on first use.
+    std::shared_ptr<const ShapePlan> plan_for(const BatchNormalization& layer, const Shape& shape,
+                                              bool training, int threads,
+                                              bool with_adjustment) const;
+    // The inference coefficients of these variables, cached per their storage; null when a
+    // variable is a view (its memory may change under the same address), which the caller then
+    // computes itself.
+    std::shared_ptr<const InferenceCoefficients> cached_coefficients(
+        const std::vector<Tensor>& variables, bool relu, float epsilon32) const;
+
+    // Publishes `next` as the last call's report. The previous one ends up in `next`, which is
+    // released after the lock.
+    void set_report(std::shared_ptr<const BatchNormalizationCallReport> next) const {
+        std::lock_guard lock(report_mutex);
+        report.swap(next);
     }
 };
 
@@ -164,16 +325,22 @@ DType BatchNormalization::compute_dtype() const noexcept { return impl_->resolve
 const std::vector<int>& BatchNormalization::axes() const { return impl_->axes; }
 bool BatchNormalization::fused() const noexcept { return impl_->fused; }
 BatchNormalizationCallReport BatchNormalization::last_call_report() const {
-    std::lock_guard lock(impl_->mutex);
-    return impl_->report;
+    std::shared_ptr<const BatchNormalizationCallReport> report;
+    {
+        std::lock_guard lock(impl_->report_mutex);
+        report = impl_->report;
+    }
+    return report ? *report : BatchNormalizationCallReport{};
 }
 Tensor BatchNormalization::last_renorm_r() const {
-    std::lock_guard lock(impl_->mutex);
-    return impl_->renorm_r;
+    std::lock_guard lock(impl_->report_mutex);
+    return impl_->renorm_recorded ? Tensor::from_floats(impl_->param_shape, impl_->renorm_r)
+                                  : Tensor();
 }
 Tensor BatchNormalization::last_renorm_d() const {
-    std::lock_guard lock(impl_->mutex);
-    return impl_->renorm_d;
+    std::lock_guard lock(impl_->report_mutex);
+    return impl_->renorm_recorded ? Tensor::from_floats(impl_->param_shape, impl_->renorm_d)
+                                  : Tensor();
 }
 
 void BatchNormalization::build_variables(std::span<const Shape> input_shapes) {
@@ -340,7 +507,18 @@ void BatchNormalization::build_variables(std::span<const Shape> input_shapes) {
     impl_->moving_stddev_index = next_index;
     impl_->renorm_mean_index = next_index + 1;
     impl_->renorm_stddev_index = next_index + 2;
+    for (const bool training : {false, true}) {
+        BatchNormalizationCallReport report;
+        report.training = training;
+        report.fused_semantics = fused;
+        // keel's decision (spec §6i): an empty batch yields an empty output and changes nothing.
+        report.path = "custom";
+        report.implementation = "keel:empty";
+        impl_->empty_batch_reports[training ? 1 : 0] =
+            std::make_shared<const BatchNormalizationCallReport>(std::move(report));
+    }
     impl_->plans.clear();
+    impl_->coefficient_cache.clear();
 }
 
 namespace {
@@ -354,6 +532,18 @@ std::vector<float> values_or(const std::vector<Tensor>& variables,
     const Tensor& variable = variables.at(*index);
     const float* data = variable.data_as<float>();
     return std::vector<float>(data, data + variable.element_count());
+}
+
+// values_or without a copy: the variable's own values, or `fallback` repeated in `storage`.
+std::span<const float> values_or(const std::vector<Tensor>& variables,
+                                 const std::optional<std::size_t>& index, std::int64_t count,
+                                 float fallback, std::vector<float>& storage) {
+    if (index) {
+        const Tensor& variable = variables.at(*index);
+        return {variable.data_as<float>(), static_cast<std::size_t>(variable.element_count())};
+    }
+    storage.assign(static_cast<std::size_t>(count), fallback);
+    return storage;
 }
 
 // Keras' adjustment result must broadcast against the input (NumPy rules) without enlarging it.
@@ -378,25 +568,49 @@ Tensor broadcastable_adjustment(const Tensor& value, const Shape& input_shape,
     return as_f32.reshaped(padded);
 }
 
-// The updates a training call stages; committed only after the whole run succeeded.
-struct StagedUpdates {
-    std::vector<VariableUpdate> updates;
-    const Shape& shape;
-    void assign(std::size_t variable, const std::vector<float>& values) {
-        updates.push_back(
-            {variable, VariableUpdate::Kind::assign, Tensor::from_floats(shape, values), 0.0f});
+// The updates a training call stages; committed only after the whole run succeeded. Each value
+// is a new f32 tensor of the parameter shape (the variable's next value, or what it moves
+// towards): with the output, the only memory a training call allocates.
+class StagedUpdates {
+  public:
+    StagedUpdates(const Shape& shape, std::vector<VariableUpdate>& updates)
+        : shape_(shape), updates_(updates), first_(updates.size()) {}
+    // A call that throws leaves the caller's list as it found it.
+    ~StagedUpdates() {
+        if (!committed_) updates_.resize(first_);
     }
-    void moving_average(std::size_t variable, const std::vector<float>& values, float decay) {
-        updates.push_back({variable, VariableUpdate::Kind::moving_average,
-                           Tensor::from_floats(shape, values), decay});
+    StagedUpdates(const StagedUpdates&) = delete;
+    StagedUpdates& operator=(const StagedUpdates&) = delete;
+
+    // A new value tensor, for the caller to fill and stage.
+    Tensor value() const { return Tensor::uninitialized(shape_, DType::f32); }
+    Tensor value(std::span<const float> values) const {
+        Tensor tensor = value();
+        std::copy(values.begin(), values.end(), tensor.data_as<float>());
+        return tensor;
     }
-    void momentum_blend(std::size_t variable, const std::vector<float>& values, double momentum) {
-        VariableUpdate update{variable, VariableUpdate::Kind::momentum_blend,
-                              Tensor::from_floats(shape, values), 0.0f};
+
+    void assign(std::size_t variable, Tensor value) {
+        updates_.push_back({variable, VariableUpdate::Kind::assign, std::move(value), 0.0f});
+    }
+    void moving_average(std::size_t variable, Tensor value, float decay) {
+        updates_.push_back(
+            {variable, VariableUpdate::Kind::moving_average, std::move(value), decay});
+    }
+    void momentum_blend(std::size_t variable, Tensor value, double momentum) {
+        VariableUpdate update{variable, VariableUpdate::Kind::momentum_blend, std::move(value),
+                              0.0f};
         update.momentum = static_cast<float>(momentum);
         update.decay = static_cast<float>(1.0 - momentum);
-        updates.push_back(std::move(update));
+        updates_.push_back(std::move(update));
     }
+    void commit() noexcept { committed_ = true; }
+
+  private:
+    const Shape& shape_;
+    std::vector<VariableUpdate>& updates_;
+    std::size_t first_;
+    bool committed_ = false;
 };
 
 }  // namespace
@@ -420,15 +634,125 @@ void relu_in_place(Tensor& y) {
     }
 }
 
+// Inference coefficients from the moving statistics: mean_hi = μ exactly (an f32 variable),
+// scale = γ/√(σ² + ε), shift = β. Reuses the vectors' capacity.
+void compute_inference_coefficients(std::span<const float> gamma, std::span<const float> beta,
+                                    const float* mean, const float* variance, std::int64_t params,
+                                    float epsilon32, NormalizeCoefficients& coefficients) {
+    const std::size_t count = static_cast<std::size_t>(params);
+    coefficients.mean_hi.assign(mean, mean + params);
+    coefficients.mean_lo.assign(count, 0.0f);
+    coefficients.scale.resize(count);
+    coefficients.shift.assign(beta.begin(), beta.end());
+    for (std::size_t p = 0; p < count; ++p) {
+        coefficients.scale[p] =
+            static_cast<float>(gamma[p] / std::sqrt(static_cast<double>(variance[p]) + epsilon32));
+    }
+}
+
 }  // namespace
+
+std::shared_ptr<const ShapePlan> BatchNormalization::Impl::plan_for(const BatchNormalization& layer,
+                                                                    const Shape& shape,
+                                                                    bool training, int threads,
+                                                                    bool with_adjustment) const {
+    {
+        std::lock_guard lock(cache_mutex);
+        auto found = plans.find(
+            [&](const ShapePlan& plan) { return plan.serves(shape, training, threads); });
+        if (found) return found;
+    }
+    // Planned outside the lock (it may create a oneDNN primitive); a race plans twice and keeps
+    // the first.
+    auto plan = std::make_shared<ShapePlan>();
+    plan->shape = shape;
+    plan->training = training;
+    plan->threads = threads;
+    if (training && options.virtual_batch_size) {
+        const std::int64_t vbs = *options.virtual_batch_size;
+        plan->groups = shape[0] / vbs;
+        Shape grouped = {vbs, plan->groups};
+        grouped.insert(grouped.end(), shape.begin() + 1, shape.end());
+        std::vector<int> kept = {1};
+        for (int axis : axes) kept.push_back(axis + 1);
+        plan->geometry = make_geometry(grouped, kept);
+    } else {
+        plan->geometry = make_geometry(shape, axes);
+    }
+
+    PlanRequest request;
+    request.geometry = plan->geometry;
+    request.dtype = resolved.compute_dtype;
+    request.training = training;
+    request.with_adjustment = with_adjustment;
+    request.use_scale = options.scale;
+    request.use_shift = options.center;
+    request.epsilon = static_cast<float>(effective_epsilon(fused, options.epsilon));
+    plan->kernel = plan_kernel(engine, request, layer.describe());
+    if (training && plan->kernel.path != KernelPath::reference) {
+        plan->moments.emplace(plan->geometry);
+    }
+    plan->report.training = training;
+    plan->report.fused_semantics = fused;
+    plan->report.path = plan->kernel.path == KernelPath::onednn ? "onednn" : "custom";
+    plan->report.implementation = plan->kernel.implementation;
+
+    std::shared_ptr<const ShapePlan> replaced;
+    std::lock_guard lock(cache_mutex);
+    auto found = plans.find(
+        [&](const ShapePlan& cached) { return cached.serves(shape, training, threads); });
+    if (found) return found;
+    replaced = plans.insert(plan);
+    return plan;
+}
+
+std::shared_ptr<const InferenceCoefficients> BatchNormalization::Impl::cached_coefficients(
+    const std::vector<Tensor>& variables, bool relu, float epsilon32) const {
+    const std::array<const Tensor*, 4> sources = {
+        gamma_index ? &variables.at(*gamma_index) : nullptr,
+        beta_index ? &variables.at(*beta_index) : nullptr, &variables.at(moving_mean_index),
+        &variables.at(moving_variance_index)};
+    for (const Tensor* source : sources) {
+        // A view's memory belongs to its caller, who may reuse it for other values.
+        if (source != nullptr && !source->owns_storage()) return nullptr;
+    }
+    {
+        std::lock_guard lock(cache_mutex);
+        auto found = coefficient_cache.find(
+            [&](const InferenceCoefficients& entry) { return entry.serves(sources, relu); });
+        if (found) return found;
+    }
+    auto entry = std::make_shared<InferenceCoefficients>();
+    for (std::size_t i = 0; i < sources.size(); ++i) {
+        if (sources[i] != nullptr) entry->sources[i] = *sources[i];
+    }
+    entry->relu = relu;
+    std::vector<float> fallback;
+    const std::span<const float> gamma =
+        values_or(variables, gamma_index, param_count, 1.0f, fallback);
+    std::vector<float> beta_fallback;
+    const std::span<const float> beta =
+        values_or(variables, beta_index, param_count, 0.0f, beta_fallback);
+    compute_inference_coefficients(gamma, beta, sources[2]->data_as<float>(),
+                                   sources[3]->data_as<float>(), param_count, epsilon32,
+                                   entry->coefficients);
+    entry->coefficients.relu = relu;
+
+    std::shared_ptr<const InferenceCoefficients> replaced;
+    std::lock_guard lock(cache_mutex);
+    auto found = coefficient_cache.find(
+        [&](const InferenceCoefficients& cached) { return cached.serves(sources, relu); });
+    if (found) return found;
+    replaced = coefficient_cache.insert(entry);
+    return entry;
+}
 
 Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu) const {
     const Impl& impl = *impl_;
     const BatchNormalizationOptions& options = impl.options;
-    const std::string where = describe();
     expect_input_count(context.inputs.size(), 1);
     if (!built()) {
-        throw invalid_argument(where, "forward", "an unbuilt layer",
+        throw invalid_argument(describe(), "forward", "an unbuilt layer",
                                "build() or call() before forward()");
     }
     const Tensor& input = context.inputs[0];
@@ -437,7 +761,7 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     // Keras' InputSpec: the rank and every normalized axis size are pinned at build.
     if (input.rank() != impl.rank) {
         throw shape_mismatch(
-            where, "input rank",
+            describe(), "input rank",
             std::to_string(input.rank()) + " (shape " + shape_to_string(input.shape()) + ")",
             "rank " + std::to_string(impl.rank) + ", as at build");
     }
@@ -445,7 +769,7 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
         const auto axis = static_cast<std::size_t>(impl.axes[i]);
         if (input.shape()[axis] != impl.axis_sizes[i]) {
             throw shape_mismatch(
-                where, "input dimension " + std::to_string(axis),
+                describe(), "input dimension " + std::to_string(axis),
                 std::to_string(input.shape()[axis]) + " (shape " + shape_to_string(input.shape()) +
                     ")",
                 std::to_string(impl.axis_sizes[i]) + ", the size of this normalized axis at build");
@@ -453,7 +777,10 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     }
 
     const DType dtype = impl.resolved.compute_dtype;
-    const Tensor x = input.dtype() == dtype ? input : input.to(dtype);
+    // Referenced, not copied: a Tensor copy copies its shape.
+    std::optional<Tensor> converted;
+    if (input.dtype() != dtype) converted = input.to(dtype);
+    const Tensor& x = converted ? *converted : input;
     const Shape& shape = x.shape();
 
     // Effective mode (spec §5): V2 and tf_keras freeze into inference; V1 keeps batch statistics
@@ -468,13 +795,14 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
         (training || !impl.behavior_is(BatchNormalizationBehavior::tf_keras)) &&
         batch % *options.virtual_batch_size != 0) {
         throw shape_mismatch(
-            where, "batch size", std::to_string(batch),
+            describe(), "batch size", std::to_string(batch),
             "a multiple of virtual_batch_size = " + std::to_string(*options.virtual_batch_size));
     }
 
     std::optional<ElementwiseAdjustment> adjustment;
     if (training && options.adjustment) {
         auto [adjustment_scale, adjustment_bias] = options.adjustment(shape);
+        const std::string where = describe();
         adjustment.emplace();
         adjustment->scale = broadcastable_adjustment(adjustment_scale, shape, where, "scale");
         adjustment->bias = broadcastable_adjustment(adjustment_bias, shape, where, "bias");
@@ -483,75 +811,29 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     const double epsilon = effective_epsilon(impl.fused, options.epsilon);
     const float epsilon32 = static_cast<float>(epsilon);
     const std::int64_t params = impl.param_count;
-    const std::vector<float> gamma = values_or(variables, impl.gamma_index, params, 1.0f);
-    const std::vector<float> beta = values_or(variables, impl.beta_index, params, 0.0f);
 
-    BatchNormalizationCallReport report;
-    report.training = training;
-    report.fused_semantics = impl.fused;
     Tensor y = Tensor::uninitialized(shape, dtype);  // every element is written below
 
     if (x.empty()) {
         // keel's decision (spec §6i): an empty batch yields an empty output and changes nothing.
-        report.path = "custom";
-        report.implementation = "keel:empty";
-        std::lock_guard lock(impl.mutex);
-        impl.report = report;
+        impl.set_report(impl.empty_batch_reports[training ? 1 : 0]);
         return y;
     }
 
-    // The statistics geometry. Virtual batches view the input as [vbs, B/vbs, ...] and keep the
-    // second dimension, which makes TF's strided grouping (spec §6d).
-    const bool virtual_batches = training && options.virtual_batch_size.has_value();
-    ReductionGeometry geometry;
-    std::int64_t groups = 1;
-    if (virtual_batches) {
-        const std::int64_t vbs = *options.virtual_batch_size;
-        groups = batch / vbs;
-        Shape grouped = {vbs, groups};
-        grouped.insert(grouped.end(), shape.begin() + 1, shape.end());
-        std::vector<int> kept = {1};
-        for (int axis : impl.axes) kept.push_back(axis + 1);
-        geometry = make_geometry(grouped, kept);
-    } else {
-        geometry = make_geometry(shape, impl.axes);
-    }
-
-    PlanRequest request;
-    request.geometry = geometry;
-    request.dtype = dtype;
-    request.training = training;
-    request.with_adjustment = adjustment.has_value();
-    request.use_scale = options.scale;
-    request.use_shift = options.center;
-    request.epsilon = epsilon32;
-    const auto plan_key = std::make_tuple(shape, training, operation_threads(impl.engine));
-    std::shared_ptr<const KernelPlan> cached_plan;
-    {
-        std::lock_guard lock(impl.mutex);
-        auto cached = impl.plans.find(plan_key);
-        if (cached != impl.plans.end()) cached_plan = cached->second;
-    }
-    if (!cached_plan) {
-        // Planned outside the lock (it may create a oneDNN primitive); a race plans twice.
-        cached_plan = std::make_shared<const KernelPlan>(plan_kernel(impl.engine, request, where));
-        std::lock_guard lock(impl.mutex);
-        // Bounded: a server that sees ever new batch sizes must not grow this without limit.
-        constexpr std::size_t kMaxCachedPlans = 64;
-        if (impl.plans.size() >= kMaxCachedPlans) impl.plans.clear();
-        impl.plans.emplace(plan_key, cached_plan);
-    }
-    const KernelPlan& plan = *cached_plan;
-    report.path = plan.path == KernelPath::onednn ? "onednn" : "custom";
-    report.implementation = plan.implementation;
+    const std::shared_ptr<const ShapePlan> shape_plan = impl.plan_for(
+        *this, shape, training, operation_threads(impl.engine), adjustment.has_value());
+    const ShapePlan& plan = *shape_plan;
+    const KernelPath path = plan.kernel.path;
+    const ReductionGeometry& geometry = plan.geometry;
+    // The report is the plan's own (the aliasing constructor shares the plan's ownership).
+    std::shared_ptr<const BatchNormalizationCallReport> report(shape_plan, &plan.report);
 
     // keel's normalize kernel applies a requested ReLU in its own pass; the other paths after.
-    auto run_custom = [&](NormalizeCoefficients& coefficients) {
-        if (plan.path == KernelPath::reference) {
+    auto run_custom = [&](const NormalizeCoefficients& coefficients) {
+        if (path == KernelPath::reference) {
             reference_normalize(x, geometry, coefficients, adjustment ? &*adjustment : nullptr, y);
             if (then_relu) relu_in_place(y);
         } else {
-            coefficients.relu = then_relu && !adjustment;
             normalize(impl.engine, x, geometry, coefficients, adjustment ? &*adjustment : nullptr,
                       y);
             if (then_relu && adjustment) relu_in_place(y);
@@ -561,57 +843,90 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     if (!training) {
         const Tensor& moving_mean = variables.at(impl.moving_mean_index);
         const Tensor& moving_variance = variables.at(impl.moving_variance_index);
-        if (plan.path == KernelPath::onednn) {
-            run_onednn_inference(impl.engine, *plan.primitive, plan.onednn_request, x,
-                                 moving_mean.data_as<float>(), moving_variance.data_as<float>(),
-                                 options.scale ? gamma.data() : nullptr,
-                                 options.center ? beta.data() : nullptr, y);
+        if (path == KernelPath::onednn) {
+            run_onednn_inference(
+                impl.engine, *plan.kernel.primitive, plan.kernel.onednn_request, x,
+                moving_mean.data_as<float>(), moving_variance.data_as<float>(),
+                impl.gamma_index ? variables.at(*impl.gamma_index).data_as<float>() : nullptr,
+                impl.beta_index ? variables.at(*impl.beta_index).data_as<float>() : nullptr, y);
             if (then_relu) relu_in_place(y);
         } else {
-            const float* mean = moving_mean.data_as<float>();
-            const float* variance = moving_variance.data_as<float>();
-            NormalizeCoefficients coefficients;
-            coefficients.mean_hi.assign(mean, mean + params);
-            coefficients.mean_lo.assign(static_cast<std::size_t>(params), 0.0f);
-            coefficients.scale.resize(static_cast<std::size_t>(params));
-            coefficients.shift = beta;
-            for (std::size_t p = 0; p < static_cast<std::size_t>(params); ++p) {
-                coefficients.scale[p] = static_cast<float>(
-                    gamma[p] / std::sqrt(static_cast<double>(variance[p]) + epsilon32));
+            const bool relu = then_relu && path == KernelPath::custom;
+            const std::shared_ptr<const InferenceCoefficients> cached =
+                impl.cached_coefficients(variables, relu, epsilon32);
+            if (cached) {
+                run_custom(cached->coefficients);
+            } else {
+                const WorkspaceLease workspace;
+                const std::span<const float> gamma =
+                    values_or(variables, impl.gamma_index, params, 1.0f, workspace->gamma);
+                const std::span<const float> beta =
+                    values_or(variables, impl.beta_index, params, 0.0f, workspace->beta);
+                NormalizeCoefficients& coefficients = workspace->coefficients;
+                compute_inference_coefficients(gamma, beta, moving_mean.data_as<float>(),
+                                               moving_variance.data_as<float>(), params, epsilon32,
+                                               coefficients);
+                coefficients.relu = relu;
+                run_custom(coefficients);
             }
-            run_custom(coefficients);
         }
-        std::lock_guard lock(impl.mutex);
-        impl.report = report;
+        impl.set_report(std::move(report));
         return y;
     }
 
     // Training: batch statistics per statistic index (group-major with virtual batches).
-    const Moments moments = plan.path == KernelPath::reference
-                                ? reference_moments(x, geometry)
-                                : compute_moments(impl.engine, x, geometry);
-    const std::vector<double>& batch_mean = moments.mean;
-    const std::vector<double>& batch_variance = moments.variance;
+    const WorkspaceLease workspace;
+    const std::int64_t groups = plan.groups;
+    const std::span<const float> gamma =
+        values_or(variables, impl.gamma_index, params, 1.0f, workspace->gamma);
+    const std::span<const float> beta =
+        values_or(variables, impl.beta_index, params, 0.0f, workspace->beta);
+    std::vector<double>& batch_mean = workspace->batch_mean;
+    std::vector<double>& batch_variance = workspace->batch_variance;
+    if (path == KernelPath::reference) {
+        Moments moments = reference_moments(x, geometry);
+        batch_mean = std::move(moments.mean);
+        batch_variance = std::move(moments.variance);
+    } else {
+        batch_mean.resize(static_cast<std::size_t>(geometry.statistic_count));
+        batch_variance.resize(static_cast<std::size_t>(geometry.statistic_count));
+        compute_moments(impl.engine, x, *plan.moments, workspace->moments, batch_mean,
+                        batch_variance);
+    }
 
     // Moments the updates and renorm see: with virtual batches, the mean over groups of the
     // per-group moments (spec §6d), rounded to f32 as TF's variables hold them.
-    std::vector<float> update_mean(static_cast<std::size_t>(params));
-    std::vector<float> update_variance(static_cast<std::size_t>(params));
-    for (std::int64_t p = 0; p < params; ++p) {
-        double mean_sum = 0.0;
-        double variance_sum = 0.0;
-        for (std::int64_t g = 0; g < groups; ++g) {
-            mean_sum += batch_mean[static_cast<std::size_t>(g * params + p)];
-            variance_sum += batch_variance[static_cast<std::size_t>(g * params + p)];
+    std::vector<float>& update_mean = workspace->update_mean;
+    std::vector<float>& update_variance = workspace->update_variance;
+    update_mean.resize(static_cast<std::size_t>(params));
+    update_variance.resize(static_cast<std::size_t>(params));
+    if (groups == 1) {
+        // The general loop below with one group, without its divisions by 1 (exact: x / 1 == x).
+        for (std::size_t p = 0; p < static_cast<std::size_t>(params); ++p) {
+            update_mean[p] = static_cast<float>(0.0 + batch_mean[p]);
+            update_variance[p] = static_cast<float>(0.0 + batch_variance[p]);
         }
-        update_mean[static_cast<std::size_t>(p)] = static_cast<float>(mean_sum / groups);
-        update_variance[static_cast<std::size_t>(p)] = static_cast<float>(variance_sum / groups);
+    } else {
+        for (std::int64_t p = 0; p < params; ++p) {
+            double mean_sum = 0.0;
+            double variance_sum = 0.0;
+            for (std::int64_t g = 0; g < groups; ++g) {
+                mean_sum += batch_mean[static_cast<std::size_t>(g * params + p)];
+                variance_sum += batch_variance[static_cast<std::size_t>(g * params + p)];
+            }
+            update_mean[static_cast<std::size_t>(p)] = static_cast<float>(mean_sum / groups);
+            update_variance[static_cast<std::size_t>(p)] =
+                static_cast<float>(variance_sum / groups);
+        }
     }
 
     // Batch renormalization (spec §6c), from the pre-update renorm statistics, in f32 as TF.
-    std::vector<float> r(static_cast<std::size_t>(params), 1.0f);
-    std::vector<float> d(static_cast<std::size_t>(params), 0.0f);
-    std::vector<float> batch_stddev(static_cast<std::size_t>(params));
+    std::vector<float>& r = workspace->r;
+    std::vector<float>& d = workspace->d;
+    std::vector<float>& batch_stddev = workspace->batch_stddev;
+    r.assign(static_cast<std::size_t>(params), 1.0f);
+    d.assign(static_cast<std::size_t>(params), 0.0f);
+    batch_stddev.resize(static_cast<std::size_t>(params));
     if (options.renorm) {
         const float* renorm_mean = variables.at(impl.renorm_mean_index).data_as<float>();
         const float* renorm_stddev = variables.at(impl.renorm_stddev_index).data_as<float>();
@@ -638,87 +953,101 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     //   without adjustment  y = (x − μ_k)·(inv_k·r·γ) + (d·γ + β)
     //   with adjustment     u = (x − μ_k)·(inv_k·r) + d;  y = (u·adj_s + adj_b)·γ + β
     const std::size_t statistics = batch_mean.size();
-    NormalizeCoefficients coefficients;
+    std::vector<double>& inverse_stddev = workspace->inverse_stddev;
+    inverse_stddev.resize(statistics);
+    inverse_standard_deviations(batch_variance, epsilon32, inverse_stddev);
+    NormalizeCoefficients& coefficients = workspace->coefficients;
     split_means(batch_mean, coefficients.mean_hi, coefficients.mean_lo);
     coefficients.scale.resize(statistics);
     coefficients.shift.resize(statistics);
+    coefficients.relu = then_relu && !adjustment && path == KernelPath::custom;
     if (adjustment) {
         adjustment->outer_scale.resize(statistics);
         adjustment->outer_shift.resize(statistics);
     }
-    for (std::size_t k = 0; k < statistics; ++k) {
-        const std::size_t p = k % static_cast<std::size_t>(params);
-        const double inverse =
-            1.0 / std::sqrt(static_cast<double>(static_cast<float>(batch_variance[k])) + epsilon32);
-        if (adjustment) {
-            coefficients.scale[k] = static_cast<float>(inverse * r[p]);
-            coefficients.shift[k] = d[p];
-            adjustment->outer_scale[k] = gamma[p];
-            adjustment->outer_shift[k] = beta[p];
-        } else {
-            coefficients.scale[k] = static_cast<float>(inverse * r[p] * gamma[p]);
-            coefficients.shift[k] =
-                static_cast<float>(static_cast<double>(d[p]) * gamma[p] + beta[p]);
+    // Statistic k = g·params + p (group-major).
+    for (std::size_t k = 0; k < statistics;) {
+        for (std::size_t p = 0; p < static_cast<std::size_t>(params); ++p, ++k) {
+            const double inverse = inverse_stddev[k];
+            if (adjustment) {
+                coefficients.scale[k] = static_cast<float>(inverse * r[p]);
+                coefficients.shift[k] = d[p];
+                adjustment->outer_scale[k] = gamma[p];
+                adjustment->outer_shift[k] = beta[p];
+            } else {
+                coefficients.scale[k] = static_cast<float>(inverse * r[p] * gamma[p]);
+                coefficients.shift[k] =
+                    static_cast<float>(static_cast<double>(d[p]) * gamma[p] + beta[p]);
+            }
         }
     }
     run_custom(coefficients);
 
     // Stage every variable update, then commit them together.
-    StagedUpdates staged{{}, impl.param_shape};
+    StagedUpdates staged(impl.param_shape, context.updates);
     if (apply_updates && impl.behavior_is(BatchNormalizationBehavior::keras3)) {
         // Keras 3 assigns v·m + value·(1 − m) with the biased variance: f32(m) and f32(1 − m)
         // from Python doubles.
-        staged.momentum_blend(impl.moving_mean_index, update_mean, options.momentum);
-        staged.momentum_blend(impl.moving_variance_index, update_variance, options.momentum);
+        staged.momentum_blend(impl.moving_mean_index, staged.value(update_mean), options.momentum);
+        staged.momentum_blend(impl.moving_variance_index, staged.value(update_variance),
+                              options.momentum);
     } else if (apply_updates) {
         // Decay constants (spec §6.0, trap 18): the fused path forms 1 − m in f32 from f32(m);
         // the generic path in double, then rounds.
         const float decay = impl.fused ? 1.0f - static_cast<float>(options.momentum)
                                        : static_cast<float>(1.0 - options.momentum);
-        staged.moving_average(impl.moving_mean_index, update_mean, decay);
+        staged.moving_average(impl.moving_mean_index, staged.value(update_mean), decay);
         if (options.renorm) {
             const float renorm_decay = static_cast<float>(1.0 - options.renorm_momentum);
             const float* renorm_mean = variables.at(impl.renorm_mean_index).data_as<float>();
             const float* renorm_stddev = variables.at(impl.renorm_stddev_index).data_as<float>();
             const float* moving_stddev = variables.at(impl.moving_stddev_index).data_as<float>();
-            const std::size_t count = update_mean.size();
-            std::vector<float> new_renorm_mean(count);
-            std::vector<float> new_renorm_stddev(count);
-            std::vector<float> new_moving_stddev(count);
-            std::vector<float> new_moving_variance(count);
-            for (std::size_t p = 0; p < count; ++p) {
-                new_renorm_mean[p] = moving_average(renorm_mean[p], update_mean[p], renorm_decay);
-                new_renorm_stddev[p] =
+            Tensor new_renorm_mean = staged.value();
+            Tensor new_renorm_stddev = staged.value();
+            Tensor new_moving_stddev = staged.value();
+            Tensor new_moving_variance = staged.value();
+            float* renorm_mean_values = new_renorm_mean.data_as<float>();
+            float* renorm_stddev_values = new_renorm_stddev.data_as<float>();
+            float* moving_stddev_values = new_moving_stddev.data_as<float>();
+            float* moving_variance_values = new_moving_variance.data_as<float>();
+            for (std::size_t p = 0; p < update_mean.size(); ++p) {
+                renorm_mean_values[p] =
+                    moving_average(renorm_mean[p], update_mean[p], renorm_decay);
+                renorm_stddev_values[p] =
                     moving_average(renorm_stddev[p], batch_stddev[p], renorm_decay);
-                new_moving_stddev[p] = moving_average(moving_stddev[p], batch_stddev[p], decay);
+                moving_stddev_values[p] = moving_average(moving_stddev[p], batch_stddev[p], decay);
                 // moving_variance is assigned from the fresh moving_stddev, floored at 0 (relu).
-                new_moving_variance[p] =
-                    std::max(new_moving_stddev[p] * new_moving_stddev[p] - epsilon32, 0.0f);
+                moving_variance_values[p] =
+                    std::max(moving_stddev_values[p] * moving_stddev_values[p] - epsilon32, 0.0f);
             }
-            staged.assign(impl.moving_variance_index, new_moving_variance);
-            staged.assign(impl.moving_stddev_index, new_moving_stddev);
-            staged.assign(impl.renorm_mean_index, new_renorm_mean);
-            staged.assign(impl.renorm_stddev_index, new_renorm_stddev);
+            staged.assign(impl.moving_variance_index, std::move(new_moving_variance));
+            staged.assign(impl.moving_stddev_index, std::move(new_moving_stddev));
+            staged.assign(impl.renorm_mean_index, std::move(new_renorm_mean));
+            staged.assign(impl.renorm_stddev_index, std::move(new_renorm_stddev));
         } else {
             // The fused kernel hands back the Bessel-corrected variance n/max(n−1, 1) (spec §6a.3).
             const double n = static_cast<double>(geometry.reduction_count);
             const double bessel = impl.fused ? n / std::max(n - 1.0, 1.0) : 1.0;
-            std::vector<float> values(update_variance.size());
-            for (std::size_t p = 0; p < values.size(); ++p) {
+            Tensor values = staged.value();
+            float* value = values.data_as<float>();
+            for (std::size_t p = 0; p < update_variance.size(); ++p) {
                 // Fused semantics never have virtual batches: one group, so batch_variance[p].
-                values[p] = impl.fused ? static_cast<float>(batch_variance[p] * bessel)
-                                       : update_variance[p];
+                value[p] = impl.fused ? static_cast<float>(batch_variance[p] * bessel)
+                                      : update_variance[p];
             }
-            staged.moving_average(impl.moving_variance_index, values, decay);
+            staged.moving_average(impl.moving_variance_index, std::move(values), decay);
         }
     }
-    std::lock_guard lock(impl.mutex);
-    if (options.renorm) {
-        impl.renorm_r = Tensor::from_floats(impl.param_shape, r);
-        impl.renorm_d = Tensor::from_floats(impl.param_shape, d);
+    staged.commit();
+    {
+        std::lock_guard lock(impl.report_mutex);
+        if (options.renorm) {
+            impl.renorm_r.assign(r.begin(), r.end());
+            impl.renorm_d.assign(d.begin(), d.end());
+            impl.renorm_recorded = true;
+        }
+        impl.report.swap(report);
     }
-    impl.report = report;
-    for (VariableUpdate& update : staged.updates) context.updates.push_back(std::move(update));
     return y;
 }
 

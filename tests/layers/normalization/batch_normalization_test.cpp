@@ -4,8 +4,13 @@
 
 #include <keel/layers/normalization/batch_normalization.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <cstdint>
 #include <limits>
+#include <span>
+#include <thread>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -388,6 +393,139 @@ TEST(BatchNormalizationCall, RenormCorrectionIsClippedInTfOrder) {
     // r = 2/1 → clipped to 1.5; d = (2 − 0)/1 → clipped to 0.25.
     EXPECT_FLOAT_EQ(layer.last_renorm_r().get(0), 1.5f);
     EXPECT_FLOAT_EQ(layer.last_renorm_d().get(0), 0.25f);
+}
+
+// Variable values for a layer with gamma, beta, moving_mean and moving_variance of `channels`
+// entries; `seed` varies them.
+std::vector<Tensor> variable_values(std::int64_t channels, int seed) {
+    std::vector<Tensor> variables;
+    for (int v = 0; v < 4; ++v) {
+        std::vector<float> data(static_cast<std::size_t>(channels));
+        for (std::size_t c = 0; c < data.size(); ++c) {
+            const float wiggle = 0.125f * static_cast<float>((seed * 5 + v * 3 + c) % 7);
+            data[c] = v == 3 ? 0.5f + wiggle : wiggle - 0.25f * static_cast<float>(v);
+        }
+        variables.push_back(Tensor::from_floats({channels}, data));
+    }
+    return variables;
+}
+
+// What a layer that has never run computes from `variables`: no cache can be involved.
+Tensor fresh_inference(const Tensor& x, const std::vector<Tensor>& variables) {
+    BatchNormalization layer;
+    layer.build(x.shape());
+    const char* names[] = {"gamma", "beta", "moving_mean", "moving_variance"};
+    for (std::size_t v = 0; v < variables.size(); ++v) {
+        layer.set_variable(names[v], variables[v].clone());
+    }
+    return layer.call(x);
+}
+
+TEST(BatchNormalizationCall, InferenceFollowsEveryNewSetOfVariables) {
+    // More sets than the layer caches coefficients for, twice over: every call must use the
+    // values it is given, whether they were cached, evicted or never seen.
+    const Tensor x = nhwc_input();
+    std::vector<std::vector<Tensor>> sets;
+    for (int seed = 0; seed < 11; ++seed) sets.push_back(variable_values(2, seed));
+    BatchNormalization layer;
+    layer.build(x.shape());
+    std::vector<VariableUpdate> updates;
+    for (int round = 0; round < 2; ++round) {
+        for (std::size_t s = 0; s < sets.size(); ++s) {
+            const ForwardContext context{std::span<const Tensor>(&x, 1), sets[s], false, updates};
+            EXPECT_EQ(values(layer.forward(context)), values(fresh_inference(x, sets[s])))
+                << "set " << s << ", round " << round;
+        }
+    }
+    EXPECT_TRUE(updates.empty());
+}
+
+TEST(BatchNormalizationCall, InferenceRereadsVariablesThatAreViews) {
+    // A view's memory belongs to its caller, who may overwrite it between calls under the same
+    // address: nothing computed from it may be reused.
+    const Tensor x = nhwc_input();
+    std::vector<Tensor> owned = variable_values(2, 1);
+    std::vector<std::vector<float>> memory;
+    for (const Tensor& tensor : owned) memory.push_back(values(tensor));
+    std::vector<Tensor> views;
+    for (std::vector<float>& values_of : memory) {
+        views.push_back(Tensor::view(values_of.data(), {2}, DType::f32));
+    }
+    BatchNormalization layer;
+    layer.build(x.shape());
+    std::vector<VariableUpdate> updates;
+    const ForwardContext context{std::span<const Tensor>(&x, 1), views, false, updates};
+    EXPECT_EQ(values(layer.forward(context)), values(fresh_inference(x, owned)));
+
+    const std::vector<Tensor> others = variable_values(2, 4);
+    for (std::size_t v = 0; v < others.size(); ++v) {
+        const std::vector<float> replacement = values(others[v]);
+        std::copy(replacement.begin(), replacement.end(), memory[v].begin());
+    }
+    EXPECT_EQ(values(layer.forward(context)), values(fresh_inference(x, others)));
+}
+
+TEST(BatchNormalizationCall, ConcurrentCallsMatchSerialOnes) {
+    // One layer, four threads, calls mixing shapes, modes, fused ReLU and variable sets (more
+    // sets than the coefficient cache holds): each result must be the one a serial call gives.
+    BatchNormalizationOptions options;
+    options.momentum = 0.5;
+    BatchNormalization layer(options);
+    layer.build({-1, 3, 2, 5});
+    std::vector<std::vector<Tensor>> sets;
+    for (int seed = 0; seed < 10; ++seed) sets.push_back(variable_values(5, seed));
+    std::vector<Tensor> inputs;
+    for (std::int64_t batch = 1; batch <= 3; ++batch) {
+        std::vector<float> data(static_cast<std::size_t>(batch * 30));
+        for (std::size_t i = 0; i < data.size(); ++i) {
+            data[i] =
+                0.5f * static_cast<float>((i * 37 + static_cast<std::size_t>(batch)) % 23) - 4.0f;
+        }
+        inputs.push_back(Tensor::from_floats({batch, 3, 2, 5}, data));
+    }
+
+    struct Result {
+        std::vector<float> y;
+        std::vector<std::vector<float>> updates;
+    };
+    constexpr int kCalls = 120;
+    auto run = [&](int call) {
+        const Tensor& x = inputs[static_cast<std::size_t>(call % 3)];
+        const std::vector<Tensor>& variables = sets[static_cast<std::size_t>(call % 10)];
+        const bool training = call % 4 == 0;
+        std::vector<VariableUpdate> updates;
+        const ForwardContext context{std::span<const Tensor>(&x, 1), variables, training, updates};
+        Result result;
+        result.y =
+            values(call % 7 == 0 ? layer.forward_then_relu(context) : layer.forward(context));
+        for (const VariableUpdate& update : updates) result.updates.push_back(values(update.value));
+        return result;
+    };
+    std::vector<Result> serial;
+    for (int call = 0; call < kCalls; ++call) serial.push_back(run(call));
+
+    constexpr int kThreads = 4;
+    std::vector<std::vector<Result>> concurrent(kThreads);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            // Each thread walks the calls from a different starting point.
+            for (int i = 0; i < kCalls; ++i) {
+                concurrent[static_cast<std::size_t>(t)].push_back(run((i + t * 31) % kCalls));
+            }
+        });
+    }
+    for (std::thread& thread : threads) thread.join();
+    for (int t = 0; t < kThreads; ++t) {
+        for (int i = 0; i < kCalls; ++i) {
+            const int call = (i + t * 31) % kCalls;
+            const Result& got =
+                concurrent[static_cast<std::size_t>(t)][static_cast<std::size_t>(i)];
+            const Result& expected = serial[static_cast<std::size_t>(call)];
+            EXPECT_EQ(got.y, expected.y) << "thread " << t << ", call " << call;
+            EXPECT_EQ(got.updates, expected.updates) << "thread " << t << ", call " << call;
+        }
+    }
 }
 
 TEST(BatchNormalizationCall, FailedCallsChangeNoVariable) {

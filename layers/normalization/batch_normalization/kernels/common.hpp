@@ -20,6 +20,17 @@ inline std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1
 inline void merge_moments(double& count, double& mean, double& m2, double count_b, double mean_b,
                           double m2_b) {
     if (count_b == 0.0) return;
+    if (count == 0.0) {
+        // The formula below for an empty accumulator (count, mean and m2 all 0), where its weight
+        // count_b / count_b is exactly 1: the same bits (0 + mean_b turns −0 into +0, and an
+        // infinite mean_b makes m2 NaN through 0·∞), without the division. Whether or not the
+        // compiler fuses the formula's products and sums, multiplying by 1 is exact, so this is
+        // what either form computes.
+        mean = 0.0 + mean_b;
+        m2 = 0.0 + (m2_b + mean_b * mean_b * 0.0);
+        count = count_b;
+        return;
+    }
     const double total = count + count_b;
     const double delta = mean_b - mean;
     const double weight = count_b / total;

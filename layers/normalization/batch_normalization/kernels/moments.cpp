@@ -24,9 +24,12 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <numeric>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -393,6 +396,22 @@ void AccumulateRun(DType dtype, const Run& job) {
     visit_format(dtype, [&](auto format) { accumulate_run<decltype(format)>(job); });
 }
 
+// values[i] ← 1 / √(values[i] + epsilon). Vectors give the scalar expression's bits: addition,
+// square root and division are each correctly rounded, and there is no product for the compiler
+// to fuse into a multiply-add.
+void InverseSquareRoots(double* values, std::int64_t count, double epsilon) {
+    const hn::ScalableTag<double> dd;
+    const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(dd));
+    const auto one = hn::Set(dd, 1.0);
+    const auto shift = hn::Set(dd, epsilon);
+    std::int64_t i = 0;
+    for (; i + lanes <= count; i += lanes) {
+        hn::StoreU(hn::Div(one, hn::Sqrt(hn::Add(hn::LoadU(dd, values + i), shift))), dd,
+                   values + i);
+    }
+    for (; i < count; ++i) values[i] = 1.0 / std::sqrt(values[i] + epsilon);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace keel::batch_normalization
 HWY_AFTER_NAMESPACE();
@@ -407,6 +426,7 @@ namespace keel::batch_normalization {
 HWY_EXPORT(AccumulateMatrixRows);
 HWY_EXPORT(AccumulateRun);
 HWY_EXPORT(FoldColumns);
+HWY_EXPORT(InverseSquareRoots);
 HWY_EXPORT(KernelTargetName);
 
 namespace {
@@ -523,9 +543,18 @@ Decomposition decompose(const ReductionGeometry& geometry) {
     return d;
 }
 
+// Running (count, mean, M2) per entry, in three arrays of a MomentsWorkspace.
 struct Accumulators {
-    std::vector<double> count, mean, m2;
-    explicit Accumulators(std::size_t size) : count(size, 0.0), mean(size, 0.0), m2(size, 0.0) {}
+    double* count = nullptr;
+    double* mean = nullptr;
+    double* m2 = nullptr;
+
+    // Takes 3·size zeroed doubles from `storage`, advancing it.
+    static Accumulators take(double*& storage, std::int64_t size) {
+        Accumulators accumulators{storage, storage + size, storage + 2 * size};
+        storage += 3 * size;
+        return accumulators;
+    }
 };
 
 // Items of grain-sized work for parallel_for: run inline when the whole tensor is small.
@@ -633,14 +662,14 @@ RunSchedule schedule_runs(const Decomposition& d) {
 }
 
 void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& d,
-                    Accumulators& statistics) {
+                    const MatrixSchedule& schedule, const Accumulators& partial,
+                    const Accumulators& statistics) {
     const DType dtype = x.dtype();
     const std::size_t element_size = dtype_size(dtype);
     const auto* data = static_cast<const std::byte*>(x.data());
     const Prefix& prefix = d.prefix;
     const std::int64_t width = d.width;
     const std::int64_t column_divisor = d.column_divisor;
-    const MatrixSchedule schedule = schedule_matrix(d);
     const std::int64_t pack = schedule.pack;
     const std::int64_t packed_width = schedule.packed_width;
     const std::int64_t tiles = schedule.tiles();
@@ -650,7 +679,6 @@ void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& 
 
     // Partial result (group, chunk, k) holds the k-th statistic of a packed row: packed columns
     // [k·column_divisor, (k + 1)·column_divisor), i.e. local statistic k mod local_statistics.
-    Accumulators partial(static_cast<std::size_t>(schedule.partial_count(prefix)));
     const std::int64_t items = prefix.groups * chunks * tiles;
 
     auto run_item = [&](std::int64_t item) {
@@ -660,10 +688,15 @@ void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& 
         const std::int64_t column_begin = schedule.tile_begin[static_cast<std::size_t>(tile)];
         const std::int64_t column_end = schedule.tile_begin[static_cast<std::size_t>(tile) + 1];
         const std::int64_t columns = column_end - column_begin;
-        // The tile's per-column accumulators, over all of the chunk's rows.
-        std::array<double, kMaxTileWidth + kMinTileWidth> count{};
-        std::array<double, kMaxTileWidth + kMinTileWidth> mean{};
-        std::array<double, kMaxTileWidth + kMinTileWidth> m2{};
+        // The tile's per-column accumulators, over all of the chunk's rows. Only the tile's own
+        // columns are cleared: the whole arrays are 12 KiB, which would cost a small tensor's
+        // call more than reducing it.
+        std::array<double, kMaxTileWidth + kMinTileWidth> count;
+        std::array<double, kMaxTileWidth + kMinTileWidth> mean;
+        std::array<double, kMaxTileWidth + kMinTileWidth> m2;
+        std::fill_n(count.begin(), columns, 0.0);
+        std::fill_n(mean.begin(), columns, 0.0);
+        std::fill_n(m2.begin(), columns, 0.0);
 
         const std::int64_t row_end = std::min(group_rows, (chunk + 1) * chunk_rows);
         for (std::int64_t row = chunk * chunk_rows; row < row_end;) {
@@ -715,9 +748,14 @@ void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& 
     parallel_for(engine, statistic_count,
                  std::max<std::int64_t>(1, kParallelGrainElements / (chunks * pack)),
                  [&](std::int64_t begin, std::int64_t end) {
-                     for (std::int64_t s = begin; s < end; ++s) {
-                         const std::int64_t group = s / d.local_statistics;
-                         const std::int64_t local = s % d.local_statistics;
+                     // (group, local) of statistic s, stepped rather than divided out each time.
+                     std::int64_t group = begin / d.local_statistics;
+                     std::int64_t local = begin % d.local_statistics;
+                     for (std::int64_t s = begin; s < end; ++s, ++local) {
+                         if (local == d.local_statistics) {
+                             local = 0;
+                             ++group;
+                         }
                          const std::size_t target = static_cast<std::size_t>(s);
                          for (std::int64_t chunk = 0; chunk < chunks; ++chunk) {
                              const std::int64_t chunk_base =
@@ -735,20 +773,18 @@ void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& 
 }
 
 void run_moments(const Engine& engine, const Tensor& x, const Decomposition& d,
-                 Accumulators& statistics) {
+                 const RunSchedule& schedule, const Accumulators& partial,
+                 const Accumulators& statistics) {
     const DType dtype = x.dtype();
     const std::size_t element_size = dtype_size(dtype);
     const auto* data = static_cast<const std::byte*>(x.data());
     const Prefix& prefix = d.prefix;
     const std::int64_t run_length = d.run_length;
-    const RunSchedule schedule = schedule_runs(d);
     const std::int64_t pieces_per_run = schedule.pieces_per_run;
     const std::int64_t units_per_statistic = schedule.units_per_statistic;
     const std::int64_t units_per_item = schedule.units_per_item;
     const std::int64_t items = schedule.items;
     const std::vector<std::int64_t>& partial_begin = schedule.partial_begin;
-
-    Accumulators partial(static_cast<std::size_t>(schedule.partial_count()));
 
     parallel_for(
         engine, items, item_grain(x.element_count(), items),
@@ -815,31 +851,100 @@ void check_arguments(const Tensor& x, const ReductionGeometry& geometry) {
 
 }  // namespace
 
-Moments compute_moments(const Engine& engine, const Tensor& x, const ReductionGeometry& geometry) {
+// The decomposition and the schedule of its kernel: everything a call needs besides its data.
+struct MomentsSchedule {
+    Decomposition decomposition;
+    MatrixSchedule matrix;  // when !decomposition.runs
+    RunSchedule run;        // when decomposition.runs
+    std::int64_t partial_count = 0;
+};
+
+MomentsPlan::MomentsPlan(const ReductionGeometry& geometry) : geometry_(geometry) {
+    if (geometry.element_count == 0) return;
+    auto schedule = std::make_shared<MomentsSchedule>();
+    schedule->decomposition = decompose(geometry);
+    const Decomposition& d = schedule->decomposition;
+    if (d.runs) {
+        schedule->run = schedule_runs(d);
+        schedule->partial_count = schedule->run.partial_count();
+    } else {
+        schedule->matrix = schedule_matrix(d);
+        schedule->partial_count = schedule->matrix.partial_count(d.prefix);
+    }
+    schedule_ = std::move(schedule);
+}
+
+std::int64_t MomentsPlan::partial_results() const noexcept {
+    return schedule_ ? schedule_->partial_count : 0;
+}
+
+std::size_t MomentsPlan::workspace_doubles() const noexcept {
+    if (!schedule_) return 0;
+    return 3 * static_cast<std::size_t>(geometry_.statistic_count + schedule_->partial_count);
+}
+
+void compute_moments(const Engine& engine, const Tensor& x, const MomentsPlan& plan,
+                     MomentsWorkspace& workspace, std::span<double> mean,
+                     std::span<double> variance) {
+    const ReductionGeometry& geometry = plan.geometry();
     check_arguments(x, geometry);
     const std::size_t statistic_count = static_cast<std::size_t>(geometry.statistic_count);
+    if (mean.size() != statistic_count || variance.size() != statistic_count) {
+        throw shape_mismatch(
+            kWhere, "mean and variance",
+            std::to_string(mean.size()) + " and " + std::to_string(variance.size()) + " values",
+            std::to_string(statistic_count) + " each (one per statistic)");
+    }
+    const MomentsSchedule* schedule = plan.schedule();
+    if (schedule == nullptr) return;  // no elements, hence no statistics
+
+    // Every accumulator starts empty: the kernels merge into them (Chan's formula).
+    const std::size_t doubles = plan.workspace_doubles();
+    if (workspace.storage.size() < doubles) workspace.storage.resize(doubles);
+    std::fill_n(workspace.storage.begin(), doubles, 0.0);
+    double* storage = workspace.storage.data();
+    const Accumulators statistics = Accumulators::take(storage, geometry.statistic_count);
+    const Accumulators partial = Accumulators::take(storage, schedule->partial_count);
+
+    const Decomposition& d = schedule->decomposition;
+    if (d.runs) {
+        run_moments(engine, x, d, schedule->run, partial, statistics);
+    } else {
+        matrix_moments(engine, x, d, schedule->matrix, partial, statistics);
+    }
+    for (std::size_t s = 0; s < statistic_count; ++s) {
+        mean[s] = statistics.mean[s];
+        variance[s] = statistics.m2[s] / statistics.count[s];
+    }
+}
+
+Moments compute_moments(const Engine& engine, const Tensor& x, const ReductionGeometry& geometry) {
+    check_arguments(x, geometry);
     Moments moments;
     if (geometry.element_count == 0) return moments;  // no statistics (statistic_count is 0)
-
-    Accumulators statistics(statistic_count);
-    const Decomposition d = decompose(geometry);
-    if (d.runs) {
-        run_moments(engine, x, d, statistics);
-    } else {
-        matrix_moments(engine, x, d, statistics);
-    }
-    moments.mean = std::move(statistics.mean);
+    const std::size_t statistic_count = static_cast<std::size_t>(geometry.statistic_count);
+    moments.mean.resize(statistic_count);
     moments.variance.resize(statistic_count);
-    for (std::size_t s = 0; s < statistic_count; ++s) {
-        moments.variance[s] = statistics.m2[s] / statistics.count[s];
-    }
+    MomentsWorkspace workspace;
+    compute_moments(engine, x, MomentsPlan(geometry), workspace, moments.mean, moments.variance);
     return moments;
 }
 
+void inverse_standard_deviations(std::span<const double> variance, float epsilon,
+                                 std::span<double> inverse) {
+    if (inverse.size() != variance.size()) {
+        throw shape_mismatch(kWhere, "inverse", std::to_string(inverse.size()) + " values",
+                             std::to_string(variance.size()) + " (one per variance)");
+    }
+    for (std::size_t i = 0; i < variance.size(); ++i) {
+        inverse[i] = static_cast<double>(static_cast<float>(variance[i]));
+    }
+    HWY_DYNAMIC_DISPATCH(InverseSquareRoots)
+    (inverse.data(), static_cast<std::int64_t>(inverse.size()), static_cast<double>(epsilon));
+}
+
 std::int64_t moments_partial_results(const ReductionGeometry& geometry) {
-    if (geometry.element_count == 0) return 0;
-    const Decomposition d = decompose(geometry);
-    return d.runs ? schedule_runs(d).partial_count() : schedule_matrix(d).partial_count(d.prefix);
+    return MomentsPlan(geometry).partial_results();
 }
 
 std::string moments_kernel_name(const ReductionGeometry& geometry) {
