@@ -597,11 +597,11 @@ class StagedUpdates {
         updates_.push_back(
             {variable, VariableUpdate::Kind::moving_average, std::move(value), decay});
     }
-    void momentum_blend(std::size_t variable, Tensor value, double momentum) {
+    // v ← v·kept + value·added, three f32 operations.
+    void momentum_blend(std::size_t variable, Tensor value, float kept, float added) {
         VariableUpdate update{variable, VariableUpdate::Kind::momentum_blend, std::move(value),
-                              0.0f};
-        update.momentum = static_cast<float>(momentum);
-        update.decay = static_cast<float>(1.0 - momentum);
+                              added};
+        update.momentum = kept;
         updates_.push_back(std::move(update));
     }
     void commit() noexcept { committed_ = true; }
@@ -985,12 +985,35 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
 
     // Stage every variable update, then commit them together.
     StagedUpdates staged(impl.param_shape, context.updates);
+    // The fused kernel hands back the Bessel-corrected variance n/max(n−1, 1) (spec §6a.3).
+    // Fused semantics never have virtual batches: one group, so batch_variance[p].
+    auto fused_update_variance = [&] {
+        const double n = static_cast<double>(geometry.reduction_count);
+        const double bessel = n / std::max(n - 1.0, 1.0);
+        Tensor values = staged.value();
+        float* value = values.data_as<float>();
+        for (std::size_t p = 0; p < update_variance.size(); ++p) {
+            value[p] = static_cast<float>(batch_variance[p] * bessel);
+        }
+        return values;
+    };
     if (apply_updates && impl.behavior_is(BatchNormalizationBehavior::keras3)) {
         // Keras 3 assigns v·m + value·(1 − m) with the biased variance: f32(m) and f32(1 − m)
         // from Python doubles.
-        staged.momentum_blend(impl.moving_mean_index, staged.value(update_mean), options.momentum);
-        staged.momentum_blend(impl.moving_variance_index, staged.value(update_variance),
-                              options.momentum);
+        const auto kept = static_cast<float>(options.momentum);
+        const auto added = static_cast<float>(1.0 - options.momentum);
+        staged.momentum_blend(impl.moving_mean_index, staged.value(update_mean), kept, added);
+        staged.momentum_blend(impl.moving_variance_index, staged.value(update_variance), kept,
+                              added);
+    } else if (apply_updates && impl.fused &&
+               impl.behavior_is(BatchNormalizationBehavior::tf_keras)) {
+        // tf_keras' fused training (TF 2.x, outside XLA) passes exponential_avg_factor
+        // f = f32(1 − momentum) to the kernel, which writes (1 − f)·old + f·new in f32, with
+        // 1 − f formed in f32 (spec §11.2): the same maths as 1.15's assign_sub, other roundings.
+        const auto added = static_cast<float>(1.0 - options.momentum);
+        const float kept = 1.0f - added;
+        staged.momentum_blend(impl.moving_mean_index, staged.value(update_mean), kept, added);
+        staged.momentum_blend(impl.moving_variance_index, fused_update_variance(), kept, added);
     } else if (apply_updates) {
         // Decay constants (spec §6.0, trap 18): the fused path forms 1 − m in f32 from f32(m);
         // the generic path in double, then rounds.
@@ -1024,18 +1047,10 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
             staged.assign(impl.moving_stddev_index, std::move(new_moving_stddev));
             staged.assign(impl.renorm_mean_index, std::move(new_renorm_mean));
             staged.assign(impl.renorm_stddev_index, std::move(new_renorm_stddev));
+        } else if (impl.fused) {
+            staged.moving_average(impl.moving_variance_index, fused_update_variance(), decay);
         } else {
-            // The fused kernel hands back the Bessel-corrected variance n/max(n−1, 1) (spec §6a.3).
-            const double n = static_cast<double>(geometry.reduction_count);
-            const double bessel = impl.fused ? n / std::max(n - 1.0, 1.0) : 1.0;
-            Tensor values = staged.value();
-            float* value = values.data_as<float>();
-            for (std::size_t p = 0; p < update_variance.size(); ++p) {
-                // Fused semantics never have virtual batches: one group, so batch_variance[p].
-                value[p] = impl.fused ? static_cast<float>(batch_variance[p] * bessel)
-                                      : update_variance[p];
-            }
-            staged.moving_average(impl.moving_variance_index, std::move(values), decay);
+            staged.moving_average(impl.moving_variance_index, staged.value(update_variance), decay);
         }
     }
     staged.commit();

@@ -287,6 +287,61 @@ TEST(BatchNormalizationCall, FusedSemanticsClampEpsilonAlsoAtInference) {
     EXPECT_NEAR(generic_y, 1e-3 / std::sqrt(1e-10), 8 * kEps32 * 1e2);
 }
 
+// tf_keras' fused training (spec §11.2) writes (1 − f)·old + f·new in float32 with
+// f = f32(1 − momentum), where TF 1.15 (v2, v1) subtracts (old − new)·f32(1 − f32(momentum)).
+// Integer data in pairs makes the batch statistics exact (mean (a + b)/2, corrected variance
+// 2·((a − b)/2)²), so each form is exact f32 arithmetic the test repeats, and with momentum 0.99
+// and fractional old values the two forms round differently on some channels.
+TEST(BatchNormalizationCall, TfKerasFusedUpdatesBlendAsItsKernelDoes) {
+    constexpr std::int64_t kChannels = 64;
+    std::vector<float> x_values(2 * kChannels);
+    std::vector<float> old_mean(kChannels);
+    std::vector<float> old_variance(kChannels);
+    for (std::int64_t c = 0; c < kChannels; ++c) {
+        x_values[static_cast<std::size_t>(c)] = static_cast<float>(c % 7);
+        x_values[static_cast<std::size_t>(kChannels + c)] = static_cast<float>(c % 5 + 2);
+        old_mean[static_cast<std::size_t>(c)] = 0.1f * static_cast<float>(c) + 0.37f;
+        old_variance[static_cast<std::size_t>(c)] = 1.0f + 0.013f * static_cast<float>(c);
+    }
+    const Tensor x = Tensor::from_floats({2, 1, 1, kChannels}, x_values);
+    std::int64_t forms_differ = 0;
+    for (const auto behavior :
+         {BatchNormalizationBehavior::tf_keras, BatchNormalizationBehavior::v2}) {
+        BatchNormalizationOptions options;
+        options.behavior = behavior;
+        options.momentum = 0.99;
+        BatchNormalization layer(options);
+        layer.build(std::vector<Shape>{x.shape()});
+        ASSERT_TRUE(layer.fused());
+        layer.set_variable("moving_mean", Tensor::from_floats({kChannels}, old_mean));
+        layer.set_variable("moving_variance", Tensor::from_floats({kChannels}, old_variance));
+        layer.call(x, {.training = true});
+        const std::vector<float> mean = values(layer.variable("moving_mean"));
+        const std::vector<float> variance = values(layer.variable("moving_variance"));
+        for (std::size_t c = 0; c < static_cast<std::size_t>(kChannels); ++c) {
+            const float a = x_values[c];
+            const float b = x_values[static_cast<std::size_t>(kChannels) + c];
+            const float batch_mean = (a + b) / 2.0f;
+            const float batch_variance = 2.0f * ((a - b) / 2.0f) * ((a - b) / 2.0f);
+            const auto f = static_cast<float>(1.0 - 0.99);
+            const float blend_mean = (1.0f - f) * old_mean[c] + f * batch_mean;
+            const float blend_variance = (1.0f - f) * old_variance[c] + f * batch_variance;
+            const float decay = 1.0f - 0.99f;
+            const float sub_mean = old_mean[c] - (old_mean[c] - batch_mean) * decay;
+            const float sub_variance = old_variance[c] - (old_variance[c] - batch_variance) * decay;
+            if (behavior == BatchNormalizationBehavior::tf_keras) {
+                EXPECT_EQ(mean[c], blend_mean) << "channel " << c;
+                EXPECT_EQ(variance[c], blend_variance) << "channel " << c;
+                forms_differ += blend_mean != sub_mean || blend_variance != sub_variance;
+            } else {
+                EXPECT_EQ(mean[c], sub_mean) << "channel " << c;
+                EXPECT_EQ(variance[c], sub_variance) << "channel " << c;
+            }
+        }
+    }
+    EXPECT_GT(forms_differ, 0) << "the data should tell the two rounding forms apart";
+}
+
 // Keras 3 has no fused path: on a rank-4 input it keeps epsilon as given, updates the moving
 // variance with the biased variance, and blends as v·m + value·(1 − m) in float32.
 TEST(BatchNormalizationCall, Keras3BehaviorIsNeverFused) {
