@@ -259,6 +259,9 @@ struct BatchNormalization::Impl {
     // renormalization's r and d (vectors that keep their capacity).
     mutable std::mutex report_mutex;
     mutable std::shared_ptr<const BatchNormalizationCallReport> report;
+    // What the last call moved beyond its plan's passes
+    // (BatchNormalizationCallReport::bytes_moved).
+    mutable std::int64_t report_extra_bytes = 0;
     mutable bool renorm_recorded = false;  // false until the first renorm training call
     mutable std::vector<float> renorm_r;
     mutable std::vector<float> renorm_d;
@@ -278,11 +281,13 @@ struct BatchNormalization::Impl {
     std::shared_ptr<const InferenceCoefficients> cached_coefficients(
         const std::vector<Tensor>& variables, bool relu, float epsilon32) const;
 
-    // Publishes `next` as the last call's report. The previous one ends up in `next`, which is
-    // released after the lock.
-    void set_report(std::shared_ptr<const BatchNormalizationCallReport> next) const {
+    // Publishes `next` as the last call's report, with the bytes this call moved beyond its
+    // plan's passes. The previous report ends up in `next`, which is released after the lock.
+    void set_report(std::shared_ptr<const BatchNormalizationCallReport> next,
+                    std::int64_t extra_bytes) const {
         std::lock_guard lock(report_mutex);
         report.swap(next);
+        report_extra_bytes = extra_bytes;
     }
 };
 
@@ -326,11 +331,15 @@ const std::vector<int>& BatchNormalization::axes() const { return impl_->axes; }
 bool BatchNormalization::fused() const noexcept { return impl_->fused; }
 BatchNormalizationCallReport BatchNormalization::last_call_report() const {
     std::shared_ptr<const BatchNormalizationCallReport> report;
+    std::int64_t extra_bytes = 0;
     {
         std::lock_guard lock(impl_->report_mutex);
         report = impl_->report;
+        extra_bytes = impl_->report_extra_bytes;
     }
-    return report ? *report : BatchNormalizationCallReport{};
+    BatchNormalizationCallReport copy = report ? *report : BatchNormalizationCallReport{};
+    copy.bytes_moved += extra_bytes;
+    return copy;
 }
 Tensor BatchNormalization::last_renorm_r() const {
     std::lock_guard lock(impl_->report_mutex);
@@ -696,6 +705,10 @@ std::shared_ptr<const ShapePlan> BatchNormalization::Impl::plan_for(const BatchN
     plan->report.fused_semantics = fused;
     plan->report.path = plan->kernel.path == KernelPath::onednn ? "onednn" : "custom";
     plan->report.implementation = plan->kernel.implementation;
+    // Inference reads x and writes y; training reads x once more for the statistics.
+    const std::int64_t tensor_bytes =
+        element_count(shape) * static_cast<std::int64_t>(dtype_size(resolved.compute_dtype));
+    plan->report.bytes_moved = (training ? 3 : 2) * tensor_bytes;
 
     std::shared_ptr<const ShapePlan> replaced;
     std::lock_guard lock(cache_mutex);
@@ -814,9 +827,13 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
 
     Tensor y = Tensor::uninitialized(shape, dtype);  // every element is written below
 
+    // Bytes this call moves beyond its plan's passes (BatchNormalizationCallReport::bytes_moved).
+    std::int64_t extra_bytes = converted ? input.byte_size() + x.byte_size() : 0;
+    if (adjustment) extra_bytes += adjustment->scale.byte_size() + adjustment->bias.byte_size();
+
     if (x.empty()) {
         // keel's decision (spec §6i): an empty batch yields an empty output and changes nothing.
-        impl.set_report(impl.empty_batch_reports[training ? 1 : 0]);
+        impl.set_report(impl.empty_batch_reports[training ? 1 : 0], extra_bytes);
         return y;
     }
 
@@ -829,15 +846,16 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     std::shared_ptr<const BatchNormalizationCallReport> report(shape_plan, &plan.report);
 
     // keel's normalize kernel applies a requested ReLU in its own pass; the other paths after.
+    const bool separate_relu = then_relu && (path != KernelPath::custom || adjustment);
+    if (separate_relu) extra_bytes += 2 * y.byte_size();
     auto run_custom = [&](const NormalizeCoefficients& coefficients) {
         if (path == KernelPath::reference) {
             reference_normalize(x, geometry, coefficients, adjustment ? &*adjustment : nullptr, y);
-            if (then_relu) relu_in_place(y);
         } else {
             normalize(impl.engine, x, geometry, coefficients, adjustment ? &*adjustment : nullptr,
                       y);
-            if (then_relu && adjustment) relu_in_place(y);
         }
+        if (separate_relu) relu_in_place(y);
     };
 
     if (!training) {
@@ -849,7 +867,7 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
                 moving_mean.data_as<float>(), moving_variance.data_as<float>(),
                 impl.gamma_index ? variables.at(*impl.gamma_index).data_as<float>() : nullptr,
                 impl.beta_index ? variables.at(*impl.beta_index).data_as<float>() : nullptr, y);
-            if (then_relu) relu_in_place(y);
+            if (separate_relu) relu_in_place(y);
         } else {
             const bool relu = then_relu && path == KernelPath::custom;
             const std::shared_ptr<const InferenceCoefficients> cached =
@@ -870,7 +888,7 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
                 run_custom(coefficients);
             }
         }
-        impl.set_report(std::move(report));
+        impl.set_report(std::move(report), extra_bytes);
         return y;
     }
 
@@ -1062,6 +1080,7 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
             impl.renorm_recorded = true;
         }
         impl.report.swap(report);
+        impl.report_extra_bytes = extra_bytes;
     }
     return y;
 }

@@ -44,6 +44,11 @@ RATIO_DEFINITIONS = {
     "custom_over_plain": "custom modes (training_renorm, training_virtual_batch, "
     "training_adjustment, training_multi_axis; keel only): their time / keel's plain training "
     "time on the same tensor and threads (target <= 1.15)",
+    "keel_bytes_moved": "bytes keel's passes read and wrote in one call, as its layer reports "
+    "them (BatchNormalizationCallReport::bytes_moved: each pass over x and y, input conversion, "
+    "the adjustment's operands, a separate ReLU pass)",
+    "keel_bytes_over_minimal": "keel_bytes_moved / minimal_bytes (1: keel moves only what the "
+    "computation must)",
     "fraction_of_stream": "achieved GB/s (minimal bytes) / roof GB/s; the roof is the faster of "
     "ordinary and non-temporal stores of STREAM copy (inference) or triad (training) at the same "
     "thread count, from the round measured just before the case",
@@ -181,6 +186,7 @@ def build_case(key, peers, stream):
     shape, layout, dtype, mode, threads = key
     median_ms, gbps, labels, errors, variation = {}, {}, {}, {}, {}
     minimal_bytes = None
+    keel_bytes_moved = None
     for peer, entry in peers.items():
         if entry.get("error_occurred"):
             errors[peer] = entry.get("error_message", "")
@@ -191,6 +197,8 @@ def build_case(key, peers, stream):
         if "cv" in entry:
             variation[peer] = entry["cv"]
         minimal_bytes = int(entry["minimal_bytes"])
+        if peer == "keel" and "bytes_moved" in entry:
+            keel_bytes_moved = int(entry["bytes_moved"])
     case_roof = roof(stream, shape, mode, threads)
     fraction = {peer: ratio(value, case_roof["gbps"]) if case_roof else None
                 for peer, value in gbps.items()}
@@ -206,6 +214,8 @@ def build_case(key, peers, stream):
         "shape": tensor_shape(shape, layout),
         "threads": threads,
         "minimal_bytes": minimal_bytes,
+        "keel_bytes_moved": keel_bytes_moved,
+        "keel_bytes_over_minimal": ratio(keel_bytes_moved, minimal_bytes),
         "median_ms": median_ms,
         "cv": variation,
         "noisy": sorted(peer for peer, cv in variation.items() if cv > NOISY_CV),
@@ -451,8 +461,8 @@ def batch_normalization_markdown(report):
         "## BatchNormalization",
         "",
         "| case | thr | keel µs | oneDNN µs | loop µs | PyTorch µs | keel GB/s | roof GB/s | "
-        "keel/roof | vs oneDNN | vs loop | vs PyTorch | vs best | keel path |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "keel/roof | vs oneDNN | vs loop | vs PyTorch | vs best | keel bytes/min | keel path |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     plain_cases = [case for case in report["cases"] if case["mode"] in PLAIN_MODES]
     custom_cases = [case for case in report["cases"] if case["mode"] not in PLAIN_MODES]
@@ -470,6 +480,7 @@ def batch_normalization_markdown(report):
             f"{number(case['fraction_of_stream'].get('keel'), 2)} | "
             f"{number(case['keel_over_onednn'], 2)} | {number(case['naive_over_keel'], 2)} | "
             f"{number(case['keel_over_torch'], 2)} | {number(best, 2)}{flag} | "
+            f"{number(case['keel_bytes_over_minimal'], 2)} | "
             f"{case['keel_path']}: {case['keel_implementation']} |")
     behind = [case for case in plain_cases
               if case["keel_over_best"] is not None and case["keel_over_best"] < 0.97]
@@ -485,8 +496,9 @@ def batch_normalization_markdown(report):
             "`custom/plain` = this call's time / keel's plain training time on the same tensor "
             "and threads (target <= 1.15).",
             "",
-            "| case | thr | keel µs | custom/plain | keel GB/s | roof GB/s | keel/roof | keel path |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
+            "| case | thr | keel µs | custom/plain | keel GB/s | roof GB/s | keel/roof | "
+            "keel bytes/min | keel path |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for case in custom_cases:
             keel_ms = case["median_ms"].get("keel")
@@ -499,6 +511,7 @@ def batch_normalization_markdown(report):
                 f"{number(ratio_value, 2)}{flag} | {number(case['gbps'].get('keel'))} | "
                 f"{describe_roof(case['roof'])} | "
                 f"{number(case['fraction_of_stream'].get('keel'), 2)} | "
+                f"{number(case['keel_bytes_over_minimal'], 2)} | "
                 f"{case['keel_path']}: {case['keel_implementation']} |")
     return lines
 

@@ -453,9 +453,10 @@ void run_keel(benchmark::State& state, const Case& spec) {
         keel::Tensor y = layer.call(x, call);
         benchmark::DoNotOptimize(y.data());
     }
-    const keel::BatchNormalizationCallReport& report = layer.last_call_report();
+    const keel::BatchNormalizationCallReport report = layer.last_call_report();
     state.SetLabel(report.path + ":" + report.implementation);
     report_rates(state, problem, spec.mode);
+    state.counters["bytes_moved"] = static_cast<double>(report.bytes_moved);
 }
 
 void run_onednn(benchmark::State& state, const Case& spec) {

@@ -287,6 +287,34 @@ TEST(BatchNormalizationCall, FusedSemanticsClampEpsilonAlsoAtInference) {
     EXPECT_NEAR(generic_y, 1e-3 / std::sqrt(1e-10), 8 * kEps32 * 1e2);
 }
 
+// The report counts the bytes of each pass: inference reads x and writes y, training reads x a
+// second time for the statistics; converting an input of another dtype and reading the
+// adjustment's operands come on top.
+TEST(BatchNormalizationCall, ReportCountsTheBytesOfEveryPass) {
+    const Tensor x = Tensor::filled({2, 3, 4, 5}, 1.5f);  // 120 elements, 480 bytes in f32
+    BatchNormalization plain;
+    plain.call(x);
+    EXPECT_EQ(plain.last_call_report().bytes_moved, 2 * 480);
+    plain.call(x, {.training = true});
+    EXPECT_EQ(plain.last_call_report().bytes_moved, 3 * 480);
+
+    BatchNormalizationOptions bf16;
+    bf16.dtype = "bfloat16";
+    BatchNormalization narrow(bf16);
+    narrow.call(x);  // converts: reads 480 f32 bytes, writes 240 bf16 bytes, then two passes
+    EXPECT_EQ(narrow.last_call_report().bytes_moved, 480 + 240 + 2 * 240);
+
+    BatchNormalizationOptions adjusted;
+    adjusted.adjustment = [](const Shape&) {
+        return std::pair{Tensor::filled({1, 1, 1, 5}, 2.0f), Tensor::filled({2, 1, 1, 5}, 0.5f)};
+    };
+    BatchNormalization with_adjustment(adjusted);
+    with_adjustment.call(x, {.training = true});
+    EXPECT_EQ(with_adjustment.last_call_report().bytes_moved, 3 * 480 + 5 * 4 + 10 * 4);
+    with_adjustment.call(x);  // inference never calls the adjustment
+    EXPECT_EQ(with_adjustment.last_call_report().bytes_moved, 2 * 480);
+}
+
 // tf_keras' fused training (spec §11.2) writes (1 − f)·old + f·new in float32 with
 // f = f32(1 − momentum), where TF 1.15 (v2, v1) subtracts (old − new)·f32(1 − f32(momentum)).
 // Integer data in pairs makes the batch statistics exact (mean (a + b)/2, corrected variance

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
@@ -74,6 +75,12 @@ struct BatchNormalizationCallReport {
     bool fused_semantics = false;  // TF's fused path applies (Bessel, epsilon clamp)
     std::string path;              // "onednn" or "custom"
     std::string implementation;    // oneDNN's impl_info_str() or keel's kernel name
+    // Bytes the call's passes read and wrote: each pass over the input and the output (inference
+    // one read and one write, training a second read for the statistics), plus converting an
+    // input of another dtype, reading the adjustment's operands, and a separate ReLU pass where
+    // the kernel has no fused one. What the memory system really moves may differ (caches, the
+    // read for ownership of ordinary stores); the perf suite sets this beside the minimal bytes.
+    std::int64_t bytes_moved = 0;
 };
 
 // tf.keras.layers.BatchNormalization with TensorFlow's exact semantics (docs in README and
