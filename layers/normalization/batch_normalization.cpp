@@ -104,6 +104,9 @@ struct ShapePlan {
     KernelPlan kernel;
     std::optional<MomentsPlan> moments;  // training on keel's own kernels
     BatchNormalizationCallReport report;
+    // For training calls whose adjustment folds into the coefficients: the plain normalize kernel
+    // runs, not the element-wise adjusted one the plan was made for.
+    BatchNormalizationCallReport folded_adjustment_report;
 
     bool serves(const Shape& input_shape, bool training_call, int thread_count) const {
         return training == training_call && threads == thread_count && shape == input_shape;
@@ -179,6 +182,8 @@ struct CallWorkspace {
     std::vector<float> r;
     std::vector<float> d;
     std::vector<float> batch_stddev;
+    std::vector<float> adjustment_scale;  // per parameter, when the adjustment is per parameter
+    std::vector<float> adjustment_bias;
     NormalizeCoefficients coefficients;
 };
 
@@ -643,6 +648,38 @@ void relu_in_place(Tensor& y) {
     }
 }
 
+// The value of a broadcast adjustment operand (x's rank, dims 1 or x's) for each parameter, when
+// it varies only along the normalized `axes` (per channel, or one value for all): then the
+// adjustment folds into the per-statistic coefficients. False when it varies along another axis
+// (per sample, per position), which needs the element-wise kernel.
+bool per_parameter_values(const Tensor& operand, const std::vector<int>& axes,
+                          const std::vector<std::int64_t>& axis_sizes, std::int64_t params,
+                          std::vector<float>& values) {
+    const Shape& shape = operand.shape();
+    std::array<std::int64_t, kMaxRank> strides{};
+    std::int64_t stride = 1;
+    for (std::size_t i = shape.size(); i-- > 0;) {
+        const bool normalized =
+            std::find(axes.begin(), axes.end(), static_cast<int>(i)) != axes.end();
+        if (shape[i] != 1 && !normalized) return false;
+        strides[i] = shape[i] == 1 ? 0 : stride;
+        stride *= shape[i];
+    }
+    const float* data = operand.data_as<float>();
+    values.resize(static_cast<std::size_t>(params));
+    for (std::int64_t p = 0; p < params; ++p) {
+        // p is row-major over the normalized axes' sizes, the last axis fastest.
+        std::int64_t remaining = p;
+        std::int64_t index = 0;
+        for (std::size_t a = axes.size(); a-- > 0;) {
+            index += remaining % axis_sizes[a] * strides[static_cast<std::size_t>(axes[a])];
+            remaining /= axis_sizes[a];
+        }
+        values[static_cast<std::size_t>(p)] = data[index];
+    }
+    return true;
+}
+
 // Inference coefficients from the moving statistics: mean_hi = μ exactly (an f32 variable),
 // scale = γ/√(σ² + ε), shift = β. Reuses the vectors' capacity.
 void compute_inference_coefficients(std::span<const float> gamma, std::span<const float> beta,
@@ -709,6 +746,12 @@ std::shared_ptr<const ShapePlan> BatchNormalization::Impl::plan_for(const BatchN
     const std::int64_t tensor_bytes =
         element_count(shape) * static_cast<std::int64_t>(dtype_size(resolved.compute_dtype));
     plan->report.bytes_moved = (training ? 3 : 2) * tensor_bytes;
+    plan->folded_adjustment_report = plan->report;
+    if (training && with_adjustment && plan->kernel.path == KernelPath::custom) {
+        plan->folded_adjustment_report.implementation =
+            moments_kernel_name(plan->geometry) + "+" +
+            normalize_kernel_name(plan->geometry, false);
+    }
 
     std::shared_ptr<const ShapePlan> replaced;
     std::lock_guard lock(cache_mutex);
@@ -845,15 +888,30 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     // The report is the plan's own (the aliasing constructor shares the plan's ownership).
     std::shared_ptr<const BatchNormalizationCallReport> report(shape_plan, &plan.report);
 
+    // Training: keel's kernels fold an adjustment that varies only with the parameter (the usual
+    // per-channel one) into the per-statistic coefficients, and then need no element-wise pass.
+    const WorkspaceLease workspace;
+    const bool adjustment_folds =
+        adjustment && path == KernelPath::custom &&
+        per_parameter_values(adjustment->scale, impl.axes, impl.axis_sizes, params,
+                             workspace->adjustment_scale) &&
+        per_parameter_values(adjustment->bias, impl.axes, impl.axis_sizes, params,
+                             workspace->adjustment_bias);
+    const bool elementwise_adjustment = adjustment && !adjustment_folds;
+    if (adjustment_folds) {
+        report = std::shared_ptr<const BatchNormalizationCallReport>(
+            shape_plan, &plan.folded_adjustment_report);
+    }
+
     // keel's normalize kernel applies a requested ReLU in its own pass; the other paths after.
-    const bool separate_relu = then_relu && (path != KernelPath::custom || adjustment);
+    const bool separate_relu = then_relu && (path != KernelPath::custom || elementwise_adjustment);
     if (separate_relu) extra_bytes += 2 * y.byte_size();
     auto run_custom = [&](const NormalizeCoefficients& coefficients) {
         if (path == KernelPath::reference) {
             reference_normalize(x, geometry, coefficients, adjustment ? &*adjustment : nullptr, y);
         } else {
-            normalize(impl.engine, x, geometry, coefficients, adjustment ? &*adjustment : nullptr,
-                      y);
+            normalize(impl.engine, x, geometry, coefficients,
+                      elementwise_adjustment ? &*adjustment : nullptr, y);
         }
         if (separate_relu) relu_in_place(y);
     };
@@ -875,7 +933,6 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
             if (cached) {
                 run_custom(cached->coefficients);
             } else {
-                const WorkspaceLease workspace;
                 const std::span<const float> gamma =
                     values_or(variables, impl.gamma_index, params, 1.0f, workspace->gamma);
                 const std::span<const float> beta =
@@ -893,7 +950,6 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     }
 
     // Training: batch statistics per statistic index (group-major with virtual batches).
-    const WorkspaceLease workspace;
     const std::int64_t groups = plan.groups;
     const std::span<const float> gamma =
         values_or(variables, impl.gamma_index, params, 1.0f, workspace->gamma);
@@ -970,6 +1026,7 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     // Per statistic k = (group, parameter p):
     //   without adjustment  y = (x − μ_k)·(inv_k·r·γ) + (d·γ + β)
     //   with adjustment     u = (x − μ_k)·(inv_k·r) + d;  y = (u·adj_s + adj_b)·γ + β
+    //   folded adjustment   y = (x − μ_k)·(inv_k·r·s_p·γ) + ((d·s_p + b_p)·γ + β), in double
     const std::size_t statistics = batch_mean.size();
     std::vector<double>& inverse_stddev = workspace->inverse_stddev;
     inverse_stddev.resize(statistics);
@@ -978,8 +1035,8 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     split_means(batch_mean, coefficients.mean_hi, coefficients.mean_lo);
     coefficients.scale.resize(statistics);
     coefficients.shift.resize(statistics);
-    coefficients.relu = then_relu && !adjustment && path == KernelPath::custom;
-    if (adjustment) {
+    coefficients.relu = then_relu && !elementwise_adjustment && path == KernelPath::custom;
+    if (elementwise_adjustment) {
         adjustment->outer_scale.resize(statistics);
         adjustment->outer_shift.resize(statistics);
     }
@@ -987,7 +1044,13 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     for (std::size_t k = 0; k < statistics;) {
         for (std::size_t p = 0; p < static_cast<std::size_t>(params); ++p, ++k) {
             const double inverse = inverse_stddev[k];
-            if (adjustment) {
+            if (adjustment_folds) {
+                const double scale = workspace->adjustment_scale[p];
+                const double bias = workspace->adjustment_bias[p];
+                coefficients.scale[k] = static_cast<float>(inverse * r[p] * scale * gamma[p]);
+                coefficients.shift[k] =
+                    static_cast<float>((d[p] * scale + bias) * gamma[p] + beta[p]);
+            } else if (adjustment) {
                 coefficients.scale[k] = static_cast<float>(inverse * r[p]);
                 coefficients.shift[k] = d[p];
                 adjustment->outer_scale[k] = gamma[p];

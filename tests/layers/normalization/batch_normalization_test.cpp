@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -285,6 +286,75 @@ TEST(BatchNormalizationCall, FusedSemanticsClampEpsilonAlsoAtInference) {
     const float generic_y = generic_layer.call(x).get(0);
     EXPECT_NEAR(fused_y, 1e-3 / std::sqrt(1.001e-5), 8 * kEps32 * 0.32);
     EXPECT_NEAR(generic_y, 1e-3 / std::sqrt(1e-10), 8 * kEps32 * 1e2);
+}
+
+// A per-channel adjustment folds into the per-channel coefficients (one multiply-add per element,
+// the plain kernel); a per-sample one needs the element-wise kernel. Both must stay within the
+// numeric contract of docs/batch_normalization.md against a double evaluation of
+// ((x − μ)/√(σ² + ε)·s + b)·γ + β: |y − exact| ≤ (2·2⁻²³ + 64·2⁻²³)·max|y| (f32 output, keel's
+// kernels hold the mean exactly).
+TEST(BatchNormalizationCall, PerChannelAdjustmentsFoldAndStayWithinTheContract) {
+    constexpr std::int64_t kBatch = 4, kPixels = 6, kChannels = 5;
+    std::vector<float> x_values(kBatch * kPixels * kChannels);
+    for (std::size_t i = 0; i < x_values.size(); ++i) {
+        x_values[i] = 1e4f + 0.37f * static_cast<float>((i * 7919) % 101) - 18.0f;
+    }
+    const Tensor x = Tensor::from_floats({kBatch, 1, kPixels, kChannels}, x_values);
+    std::vector<float> scale(kChannels), bias(kChannels);
+    for (std::int64_t c = 0; c < kChannels; ++c) {
+        scale[static_cast<std::size_t>(c)] = 0.9f + 0.05f * static_cast<float>(c);
+        bias[static_cast<std::size_t>(c)] = -0.1f + 0.04f * static_cast<float>(c);
+    }
+    std::vector<float> per_sample_scale, per_sample_bias;
+    for (std::int64_t n = 0; n < kBatch; ++n) {
+        per_sample_scale.insert(per_sample_scale.end(), scale.begin(), scale.end());
+        per_sample_bias.insert(per_sample_bias.end(), bias.begin(), bias.end());
+    }
+    // Exact result in double.
+    std::vector<double> exact(x_values.size());
+    double largest = 0.0;
+    for (std::int64_t c = 0; c < kChannels; ++c) {
+        double sum = 0.0, squares = 0.0;
+        const std::int64_t count = kBatch * kPixels;
+        for (std::int64_t i = 0; i < count; ++i)
+            sum += x_values[static_cast<std::size_t>(i * kChannels + c)];
+        const double mean = sum / static_cast<double>(count);
+        for (std::int64_t i = 0; i < count; ++i) {
+            const double deviation = x_values[static_cast<std::size_t>(i * kChannels + c)] - mean;
+            squares += deviation * deviation;
+        }
+        const double inverse =
+            1.0 / std::sqrt(squares / static_cast<double>(count) +
+                            static_cast<double>(0.001f));  // Keras' default epsilon, as f32
+        for (std::int64_t i = 0; i < count; ++i) {
+            const auto e = static_cast<std::size_t>(i * kChannels + c);
+            exact[e] = (x_values[e] - mean) * inverse * scale[static_cast<std::size_t>(c)] +
+                       bias[static_cast<std::size_t>(c)];
+            largest = std::max(largest, std::fabs(exact[e]));
+        }
+    }
+    const double tolerance = 66.0 * std::ldexp(1.0, -23) * largest;
+
+    for (const bool per_channel : {true, false}) {
+        SCOPED_TRACE(per_channel ? "per channel" : "per sample");
+        BatchNormalizationOptions options;
+        options.adjustment = [&](const Shape&) {
+            return per_channel
+                       ? std::pair{Tensor::from_floats({kChannels}, scale),
+                                   Tensor::from_floats({kChannels}, bias)}
+                       : std::pair{Tensor::from_floats({kBatch, 1, 1, kChannels}, per_sample_scale),
+                                   Tensor::from_floats({kBatch, 1, 1, kChannels}, per_sample_bias)};
+        };
+        BatchNormalization layer(options);
+        const Tensor y = layer.call(x, {.training = true});
+        for (std::size_t e = 0; e < exact.size(); ++e) {
+            ASSERT_NEAR(y.get(static_cast<std::int64_t>(e)), exact[e], tolerance)
+                << "element " << e;
+        }
+        const std::string implementation = layer.last_call_report().implementation;
+        EXPECT_EQ(implementation.find("adjusted") == std::string::npos, per_channel)
+            << implementation;
+    }
 }
 
 // The report counts the bytes of each pass: inference reads x and writes y, training reads x a
