@@ -107,9 +107,11 @@ HWY_INLINE FloatVec load_as_f32(FloatTag df, const typename Format::Storage* sou
     }
 }
 
+using NarrowVec = hn::Vec<hn::Rebind<std::uint16_t, FloatTag>>;
+
 // The 16-bit storage vector of a rounded f32 vector (bf16 or, with F16C, f16 bits).
 template <class Format>
-HWY_INLINE auto narrow_from_f32(FloatVec value) {
+HWY_INLINE NarrowVec narrow_from_f32(FloatVec value) {
     const hn::Rebind<std::uint16_t, FloatTag> du16;
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
     if constexpr (std::is_same_v<Format, Bf16HardwareFormat>) {
