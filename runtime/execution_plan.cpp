@@ -17,6 +17,27 @@ ExecutionPlan make_execution_plan(Graph graph) {
     }
     for (int output : graph.outputs) plan.is_output[static_cast<std::size_t>(output)] = true;
 
+    const auto exclusive = [&](int node) {
+        return graph.nodes[static_cast<std::size_t>(node)].layer->returns_exclusive_storage();
+    };
+    plan.overwritable_inputs.assign(node_count, 0);
+    for (std::size_t n = 0; n < node_count; ++n) {
+        const std::vector<int>& inputs = graph.nodes[n].inputs;
+        for (std::size_t i = 0; i < inputs.size() && i < 64; ++i) {
+            const auto value = static_cast<std::size_t>(inputs[i]);
+            const int producer = graph.values[value].producer;
+            const std::vector<int>& readers = consumers[value];
+            if (producer < 0 || plan.is_output[value] || !exclusive(producer) ||
+                std::count(inputs.begin(), inputs.end(), inputs[i]) != 1 ||
+                !std::all_of(readers.begin(), readers.end(), [&](int reader) {
+                    return reader == static_cast<int>(n) || exclusive(reader);
+                })) {
+                continue;
+            }
+            plan.overwritable_inputs[n] |= std::uint64_t{1} << i;
+        }
+    }
+
     // A node continues its producer's chain when it reads only that producer's value and is its
     // only consumer: nothing else can run between them, so scheduling them apart buys nothing.
     std::vector<int> chain_of(node_count, -1);

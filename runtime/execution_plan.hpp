@@ -4,6 +4,7 @@
 // chains of nodes that run back to back as one task, the dependencies between chains, and when
 // each intermediate value can be released.
 
+#include <cstdint>
 #include <vector>
 
 #include "runtime/graph.hpp"
@@ -21,6 +22,11 @@ struct ExecutionPlan {
     // them has run (outputs are kept for the caller).
     std::vector<int> value_consumer_count;
     std::vector<bool> is_output;
+    // Per node, the inputs (bit i: inputs[i]) it may overwrite if it turns out to be their last
+    // reader, which the scheduler checks at run time: values that are not model inputs or outputs,
+    // read once by this node, produced by a layer that returns storage nobody else holds, and whose
+    // other readers do the same (so none of them hands that storage on).
+    std::vector<std::uint64_t> overwritable_inputs;
     // The most chains that can ever be ready at once (bounds the useful inter-op concurrency).
     int width = 1;
 };

@@ -1,6 +1,7 @@
 #include "runtime/scheduler.hpp"
 
 #include <atomic>
+#include <cstdint>
 #include <deque>
 #include <exception>
 #include <memory>
@@ -41,7 +42,7 @@ class ChainRunner {
         for (int value : node.inputs)
             inputs.push_back(state_.values[static_cast<std::size_t>(value)]);
         const ForwardContext context{inputs, *state_.node_variables[index], state_.training,
-                                     state_.node_updates[index]};
+                                     state_.node_updates[index], overwritable_inputs(n)};
         state_.values[static_cast<std::size_t>(node.output)] = node.layer->forward(context);
         inputs.clear();
         // Release each input after its last consumer, unless the caller gets it back.
@@ -52,6 +53,27 @@ class ChainRunner {
                 state_.values[v] = Tensor();
             }
         }
+    }
+
+    // The inputs node `n` may overwrite in this run: of those the plan allows, the ones no other
+    // reader still has to read (each reader counts itself off only after its forward() returned,
+    // and the acquire pairs with that, so their reads happen before this node's writes). Training
+    // runs overwrite nothing: a layer may keep an input in the updates it stages.
+    std::uint64_t overwritable_inputs(int n) const {
+        const auto index = static_cast<std::size_t>(n);
+        const std::uint64_t allowed = plan_.overwritable_inputs[index];
+        if (state_.training || allowed == 0) return 0;
+        const std::vector<int>& inputs = plan_.graph.nodes[index].inputs;
+        std::uint64_t granted = 0;
+        for (std::size_t i = 0; i < inputs.size() && i < 64; ++i) {
+            const std::uint64_t bit = std::uint64_t{1} << i;
+            const auto value = static_cast<std::size_t>(inputs[i]);
+            if ((allowed & bit) != 0 &&
+                remaining_consumers_[value].load(std::memory_order_acquire) == 1) {
+                granted |= bit;
+            }
+        }
+        return granted;
     }
 
     const ExecutionPlan& plan_;

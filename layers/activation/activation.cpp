@@ -78,9 +78,13 @@ Tensor Activation::forward(const ForwardContext& context) const {
     expect_input_count(context.inputs.size(), 1);
     const Tensor& input = context.inputs[0];
     infer_output_shape(std::span<const Shape>(&input.shape(), 1));
-    // One pass: read the input, write the output (no copy first).
-    const Tensor values = input.dtype() == DType::f32 ? input : input.to(DType::f32);
-    Tensor output = Tensor::uninitialized(values.shape(), DType::f32);
+    // One pass: read the input, write the output (no copy first), in place when the input is
+    // this call's own f32 copy or the caller gave it up.
+    const bool converted = input.dtype() != DType::f32;
+    const Tensor values = converted ? input.to(DType::f32) : input;
+    Tensor output = converted || context.may_overwrite(0)
+                        ? values
+                        : Tensor::uninitialized(values.shape(), DType::f32);
     impl_->function.apply(impl_->engine, values, output);
     return output;
 }

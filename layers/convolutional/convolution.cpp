@@ -238,8 +238,14 @@ std::string float_bits(float value) {
 std::string post_ops_text(const dnnl::post_ops& post_ops, std::string_view where) {
     std::string text;
     for (int i = 0; i < post_ops.len(); ++i) {
+        if (post_ops.kind(i) == dnnl::primitive::kind::sum) {
+            float scale = 0.0f;
+            post_ops.get_params_sum(i, scale);
+            text += "sum(" + float_bits(scale) + ")";
+            continue;
+        }
         if (post_ops.kind(i) != dnnl::primitive::kind::eltwise) {
-            throw internal_error(where, "a convolution post-op other than eltwise");
+            throw internal_error(where, "a convolution post-op other than sum or eltwise");
         }
         float scale = 0.0f;
         float alpha = 0.0f;
@@ -476,36 +482,54 @@ void direct_convolution(const Engine& engine, const ConvolutionProblem& problem,
     }
 }
 
-Tensor convolve(const Engine& engine, const ConvolutionProblem& problem, const Tensor& input,
-                const float* kernel, const float* bias,
-                const activation::ActivationFunction& activation, std::string_view where,
-                ConvolutionPath path, ConvolutionReport* report) {
+namespace {
+
+// convolve() and convolve_and_sum(): writes activation(convolution + bias [+ output's values on
+// entry, when `accumulate`]) into `output`.
+void convolve_into(const Engine& engine, const ConvolutionProblem& problem, const Tensor& input,
+                   const float* kernel, const float* bias,
+                   const activation::ActivationFunction& activation, Tensor& output,
+                   bool accumulate, std::string_view where, ConvolutionPath path,
+                   ConvolutionReport& result) {
     if (input.dtype() != DType::f32 || input.shape() != problem.input_shape()) {
         throw internal_error(
             where, "convolve() called with input " + shape_to_string(input.shape()) + " " +
                        std::string(dtype_name(input.dtype())) + " for " + describe_case(problem));
     }
-    Tensor output = Tensor::uninitialized(problem.output_shape(), DType::f32);
-    ConvolutionReport local_report;
-    ConvolutionReport& result = report != nullptr ? *report : local_report;
     result = {};
     if (output.empty()) {
         result.implementation = "keel:empty";
-        return output;
+        return;
     }
 
     auto run_loops = [&] {
-        direct_convolution(engine, problem, input.data_as<float>(), kernel, bias,
-                           output.data_as<float>());
+        if (accumulate) {
+            // The loops write every element, so they convolve into a buffer of their own; this
+            // path runs only where oneDNN offers nothing better than its reference.
+            Tensor convolved = Tensor::uninitialized(problem.output_shape(), DType::f32);
+            direct_convolution(engine, problem, input.data_as<float>(), kernel, bias,
+                               convolved.data_as<float>());
+            const float* addend = convolved.data_as<float>();
+            float* sum = output.data_as<float>();
+            parallel_for(engine, output.element_count(), grain_for(1),
+                         [&](std::int64_t begin, std::int64_t end) {
+                             for (std::int64_t i = begin; i < end; ++i) sum[i] += addend[i];
+                         });
+        } else {
+            direct_convolution(engine, problem, input.data_as<float>(), kernel, bias,
+                               output.data_as<float>());
+        }
         if (!activation.is_linear()) activation.apply_in_place(engine, output);
         result.implementation = std::string(kLoopsImplementation);
     };
     if (path == ConvolutionPath::loops) {
         run_loops();
-        return output;
+        return;
     }
 
+    // oneDNN applies post-ops in order: the sum must come before the activation.
     dnnl::post_ops post_ops;
+    if (accumulate) post_ops.append_sum(1.0f);
     const bool fused = !activation.is_linear() && activation.append_post_op(post_ops);
     const Descriptor descriptor = describe_problem(problem, post_ops, where);
     const int threads = operation_threads(engine);
@@ -524,7 +548,7 @@ Tensor convolve(const Engine& engine, const ConvolutionProblem& problem, const T
     });
     if (!entry->primitive) {
         run_loops();
-        return output;
+        return;
     }
     with_onednn_errors(where, [&] {
         run_onednn(engine, *entry, descriptor, threads, input.data_as<float>(), kernel, bias,
@@ -533,7 +557,34 @@ Tensor convolve(const Engine& engine, const ConvolutionProblem& problem, const T
     if (!activation.is_linear() && !fused) activation.apply_in_place(engine, output);
     result.implementation = entry->implementation;
     result.activation_fused = fused;
+    result.sum_fused = accumulate;
+}
+
+}  // namespace
+
+Tensor convolve(const Engine& engine, const ConvolutionProblem& problem, const Tensor& input,
+                const float* kernel, const float* bias,
+                const activation::ActivationFunction& activation, std::string_view where,
+                ConvolutionPath path, ConvolutionReport* report) {
+    Tensor output = Tensor::uninitialized(problem.output_shape(), DType::f32);
+    ConvolutionReport local_report;
+    convolve_into(engine, problem, input, kernel, bias, activation, output, /*accumulate=*/false,
+                  where, path, report != nullptr ? *report : local_report);
     return output;
+}
+
+void convolve_and_sum(const Engine& engine, const ConvolutionProblem& problem, const Tensor& input,
+                      const float* kernel, const float* bias,
+                      const activation::ActivationFunction& activation, Tensor& sum,
+                      std::string_view where, ConvolutionPath path, ConvolutionReport* report) {
+    if (sum.dtype() != DType::f32 || sum.shape() != problem.output_shape()) {
+        throw internal_error(
+            where, "convolve_and_sum() called with a sum of " + shape_to_string(sum.shape()) + " " +
+                       std::string(dtype_name(sum.dtype())) + " for " + describe_case(problem));
+    }
+    ConvolutionReport local_report;
+    convolve_into(engine, problem, input, kernel, bias, activation, sum, /*accumulate=*/true, where,
+                  path, report != nullptr ? *report : local_report);
 }
 
 }  // namespace keel::convolutional

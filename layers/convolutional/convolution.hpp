@@ -70,6 +70,7 @@ enum class ConvolutionPath {
 struct ConvolutionReport {
     std::string implementation;
     bool activation_fused = false;  // the activation ran as a oneDNN post-op
+    bool sum_fused = false;         // convolve_and_sum's addition ran as a oneDNN post-op
 };
 
 // Convolves `input` (f32, problem.input_shape()) with `kernel` (f32, problem.kernel_shape()) and
@@ -81,6 +82,17 @@ Tensor convolve(const Engine& engine, const ConvolutionProblem& problem, const T
                 const activation::ActivationFunction& activation, std::string_view where,
                 ConvolutionPath path = ConvolutionPath::automatic,
                 ConvolutionReport* report = nullptr);
+
+// convolve() with a sum fused in before the activation: `sum` (f32, problem.output_shape(), not
+// overlapping `input`) holds an addend on entry and activation(convolution + bias + addend) on
+// return. On oneDNN this is the convolution's `sum` post-op (it accumulates into its destination),
+// so the addend costs one read in the convolution's own pass instead of a separate Add. The sum
+// rounds once per element, as a separate Add would.
+void convolve_and_sum(const Engine& engine, const ConvolutionProblem& problem, const Tensor& input,
+                      const float* kernel, const float* bias,
+                      const activation::ActivationFunction& activation, Tensor& sum,
+                      std::string_view where, ConvolutionPath path = ConvolutionPath::automatic,
+                      ConvolutionReport* report = nullptr);
 
 // keel's direct convolution (no activation): writes every element of `output`.
 void direct_convolution(const Engine& engine, const ConvolutionProblem& problem, const float* input,

@@ -4,6 +4,8 @@
 #include <cctype>
 
 #include <keel/engine/error.hpp>
+#include <keel/layers/convolutional/conv2d.hpp>
+#include <keel/layers/convolutional/depthwise_conv2d.hpp>
 
 namespace keel::convolutional {
 namespace {
@@ -148,10 +150,13 @@ Shape output_shape(const std::string& where, const LayerSettings& settings,
     return {batch, filters, rows, cols};
 }
 
-Tensor run_convolution(const Engine& engine, const std::string& where,
-                       const LayerSettings& settings, const Tensor& input, std::int64_t in_channels,
-                       std::int64_t filters, std::int64_t groups, const float* kernel,
-                       const float* bias) {
+namespace {
+
+// run_convolution's checks on the call: the input against the build (rank 4, `in_channels`), a
+// non-empty output; the problem for it.
+ConvolutionProblem checked_problem(const std::string& where, const LayerSettings& settings,
+                                   const Tensor& input, std::int64_t in_channels,
+                                   std::int64_t filters, std::int64_t groups, bool has_bias) {
     const Shape& shape = input.shape();
     const int axis = channel_axis(settings.data_format);
     if (input.rank() != 4 || shape[static_cast<std::size_t>(axis)] != in_channels) {
@@ -160,11 +165,65 @@ Tensor run_convolution(const Engine& engine, const std::string& where,
                                  std::to_string(axis) + ", as at build");
     }
     output_shape(where, settings, shape, filters);  // rejects an empty spatial output
-    const Tensor x = input.dtype() == DType::f32 ? input : input.to(DType::f32);
+    return make_problem(settings.data_format, shape, filters, groups, settings.height,
+                        settings.width, settings.padding, has_bias);
+}
+
+}  // namespace
+
+Tensor run_convolution(const Engine& engine, const std::string& where,
+                       const LayerSettings& settings, const Tensor& input, std::int64_t in_channels,
+                       std::int64_t filters, std::int64_t groups, const float* kernel,
+                       const float* bias) {
     const ConvolutionProblem problem =
-        make_problem(settings.data_format, shape, filters, groups, settings.height, settings.width,
-                     settings.padding, bias != nullptr);
+        checked_problem(where, settings, input, in_channels, filters, groups, bias != nullptr);
+    const Tensor x = input.dtype() == DType::f32 ? input : input.to(DType::f32);
     return convolve(engine, problem, x, kernel, bias, settings.activation, where);
+}
+
+void run_convolution_and_sum(const Engine& engine, const std::string& where,
+                             const LayerSettings& settings, const Tensor& input,
+                             std::int64_t in_channels, std::int64_t filters, std::int64_t groups,
+                             const float* kernel, const float* bias, Tensor& sum) {
+    const ConvolutionProblem problem =
+        checked_problem(where, settings, input, in_channels, filters, groups, bias != nullptr);
+    const Tensor x = input.dtype() == DType::f32 ? input : input.to(DType::f32);
+    convolve_and_sum(engine, problem, x, kernel, bias, settings.activation, sum, where);
+}
+
+std::optional<ConvolutionLayerSpec> convolution_layer_spec(const Layer& layer) {
+    if (!layer.built()) return std::nullopt;
+    const std::string where = layer.class_name() + " '" + layer.name() + "'";
+    ConvolutionLayerSpec spec;
+    const auto settings_of = [&](auto options) {
+        return resolve_settings(
+            where, {options.kernel_size, options.strides, options.dilation_rate, options.padding,
+                    options.data_format, options.activation, options.activity_regularizer,
+                    options.dtype, options.batch_input_shape});
+    };
+    if (const auto* conv = dynamic_cast<const Conv2D*>(&layer)) {
+        spec.settings = settings_of(conv->options());
+        spec.kernel_name = "kernel";
+        spec.kernel_shape = conv->variable("kernel").shape();
+        spec.groups = conv->options().groups;
+        // (kh, kw, in/groups, filters)
+        spec.in_channels = spec.kernel_shape[2] * spec.groups;
+        spec.filters = spec.kernel_shape[3];
+        spec.use_bias = conv->options().use_bias;
+        return spec;
+    }
+    if (const auto* depthwise = dynamic_cast<const DepthwiseConv2D*>(&layer)) {
+        spec.settings = settings_of(depthwise->options());
+        spec.kernel_name = "depthwise_kernel";
+        spec.kernel_shape = depthwise->variable("depthwise_kernel").shape();
+        // (kh, kw, in, depth_multiplier): a grouped convolution with one group per input channel.
+        spec.in_channels = spec.kernel_shape[2];
+        spec.groups = spec.in_channels;
+        spec.filters = spec.in_channels * spec.kernel_shape[3];
+        spec.use_bias = depthwise->options().use_bias;
+        return spec;
+    }
+    return std::nullopt;
 }
 
 const Tensor& checked_variable(const std::string& where, const std::vector<Tensor>& variables,

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -13,6 +14,7 @@
 #include <keel/engine/engine.hpp>
 #include <keel/engine/error.hpp>
 #include <keel/engine/tensor.hpp>
+#include <keel/layers/layer.hpp>
 
 #include "layers/activation/activation_function.hpp"
 #include "layers/convolutional/convolution.hpp"
@@ -67,6 +69,30 @@ Tensor run_convolution(const Engine& engine, const std::string& where,
                        const LayerSettings& settings, const Tensor& input, std::int64_t in_channels,
                        std::int64_t filters, std::int64_t groups, const float* kernel,
                        const float* bias);
+
+// run_convolution with `sum` added before the activation (convolve_and_sum): `sum` holds the
+// addend on entry (f32, the output's shape, storage the caller lets this overwrite and not the
+// input's) and activation(convolution + bias + addend) on return.
+void run_convolution_and_sum(const Engine& engine, const std::string& where,
+                             const LayerSettings& settings, const Tensor& input,
+                             std::int64_t in_channels, std::int64_t filters, std::int64_t groups,
+                             const float* kernel, const float* bias, Tensor& sum);
+
+// What run_convolution needs to compute a built Conv2D's or DepthwiseConv2D's convolution, read
+// from the layer's public options and variable shapes: for graph rewrites that fuse something into
+// that convolution and hand in its variables (or weights derived from them) themselves.
+struct ConvolutionLayerSpec {
+    LayerSettings settings;  // the layer's own activation included
+    std::int64_t in_channels = 0;
+    std::int64_t filters = 0;
+    std::int64_t groups = 1;
+    std::string kernel_name;  // "kernel" (Conv2D) or "depthwise_kernel" (DepthwiseConv2D)
+    Shape kernel_shape;       // variable 0
+    bool use_bias = true;     // variable 1 is the bias
+};
+
+// The spec of `layer` when it is a built Conv2D or DepthwiseConv2D; nullopt otherwise.
+std::optional<ConvolutionLayerSpec> convolution_layer_spec(const Layer& layer);
 
 // A variable of the layer, checked to have the shape build gave it (a graph rewrite hands in
 // its own tensors).

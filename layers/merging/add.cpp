@@ -46,8 +46,14 @@ void Add::build_variables(std::span<const Shape> input_shapes) {
 }
 
 Tensor Add::forward(const ForwardContext& context) const {
+    // Keras returns a single input as it is; keel copies it unless the caller gave it up, so that
+    // the output is always the Add's own (returns_exclusive_storage).
+    if (context.inputs.size() == 1 && context.inputs[0].dtype() == DType::f32 &&
+        !context.may_overwrite(0)) {
+        return context.inputs[0].clone();
+    }
     return merging::merge_elementwise(engine_, describe(), merging::ElementwiseOperation::add,
-                                      context.inputs);
+                                      context.inputs, context.overwritable_inputs);
 }
 
 }  // namespace keel

@@ -1,6 +1,7 @@
 #include "layers/merging/elementwise_merge.hpp"
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -66,7 +67,8 @@ Shape elementwise_output_shape(std::string_view where, std::span<const Shape> sh
 }
 
 Tensor merge_elementwise(const Engine& engine, std::string_view where,
-                         ElementwiseOperation operation, std::span<const Tensor> inputs) {
+                         ElementwiseOperation operation, std::span<const Tensor> inputs,
+                         std::uint64_t overwritable_inputs) {
     std::vector<Shape> shapes;
     std::vector<Tensor> converted;
     for (const Tensor& input : inputs) {
@@ -80,7 +82,15 @@ Tensor merge_elementwise(const Engine& engine, std::string_view where,
 
     std::vector<const float*> sources;
     for (const Tensor& input : converted) sources.push_back(input.data_as<float>());
-    Tensor output = Tensor::uninitialized(shapes[0], DType::f32);  // every element written
+    // Each element of the output is written after inputs 0 and 1 were read at that index, so
+    // either can hold the result; a later input would be overwritten before the fold reads it. A
+    // converted input is this call's own copy.
+    std::optional<Tensor> reused;
+    for (std::size_t i = 0; i < 2 && !reused; ++i) {
+        const bool own_copy = inputs[i].dtype() != DType::f32;
+        if (own_copy || ((overwritable_inputs >> i) & 1U) != 0) reused = converted[i];
+    }
+    Tensor output = reused ? *reused : Tensor::uninitialized(shapes[0], DType::f32);
     float* destination = output.data_as<float>();
     parallel_for(engine, output.element_count(), kGrain, [&](std::int64_t begin, std::int64_t end) {
         if (operation == ElementwiseOperation::add) {

@@ -3,6 +3,7 @@
 // Internal: what Add and Multiply share — Keras' shape rule for elementwise merges (restricted to
 // equal shapes) and the kernel that folds the inputs left to right.
 
+#include <cstdint>
 #include <span>
 #include <string_view>
 
@@ -19,8 +20,11 @@ enum class ElementwiseOperation { add, multiply };
 Shape elementwise_output_shape(std::string_view where, std::span<const Shape> shapes);
 
 // (((x0 op x1) op x2) ...) in f32. Inputs of another dtype are converted first; the shapes must be
-// equal (checked, naming `where`).
+// equal (checked, naming `where`). Bit i of `overwritable_inputs` lets the result go into
+// inputs[i]'s storage instead of a new buffer (ForwardContext::overwritable_inputs); only inputs 0
+// and 1 can take it, since the first pass reads only them.
 Tensor merge_elementwise(const Engine& engine, std::string_view where,
-                         ElementwiseOperation operation, std::span<const Tensor> inputs);
+                         ElementwiseOperation operation, std::span<const Tensor> inputs,
+                         std::uint64_t overwritable_inputs = 0);
 
 }  // namespace keel::merging

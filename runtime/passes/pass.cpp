@@ -7,6 +7,7 @@
 #include "runtime/passes/fold_batch_normalization.hpp"
 #include "runtime/passes/fuse_activation.hpp"
 #include "runtime/passes/fuse_batch_normalization_relu.hpp"
+#include "runtime/passes/fuse_residual_add.hpp"
 
 namespace keel::runtime {
 namespace passes {
@@ -80,6 +81,17 @@ InferenceRewrite rewrite_for_inference(const Engine& engine, Graph graph) {
         }
         if (!match) break;
         rewrite.applied.push_back(apply_fuse_activation(engine, graph, *match));
+        passes::remove_dead_nodes(graph);
+    }
+    // After folding and activation fusion: the convolution feeding the Add must be bare (folded,
+    // no activation), and an activation fused into it already sits before the Add.
+    for (;;) {
+        std::optional<ResidualAddMatch> match;
+        for (std::size_t n = 0; n < graph.nodes.size() && !match; ++n) {
+            match = match_fuse_residual_add(graph, static_cast<int>(n));
+        }
+        if (!match) break;
+        rewrite.applied.push_back(apply_fuse_residual_add(engine, graph, *match));
         passes::remove_dead_nodes(graph);
     }
     // Last: a BatchNormalization that could be folded is gone by now, and one whose ReLU went into

@@ -77,5 +77,34 @@ TEST(ExecutionPlan, AnOutputValueEndsItsChain) {
     EXPECT_EQ(plan.chains.size(), 2U);
 }
 
+// A node may overwrite an input only if that value is nobody else's: produced by a layer that
+// returns storage of its own, not a model input or output, read once by the node, and not handed
+// on by another reader (which would have to return storage of its own too).
+TEST(ExecutionPlan, OnlyValuesNobodyElseHoldsMayBeOverwritten) {
+    using keel::testing::StorageProbeLayer;
+    Graph graph = with_input();
+    const int a = add_node(graph, std::make_shared<StorageProbeLayer>("a"), {0});
+    const int b = add_node(graph, std::make_shared<StorageProbeLayer>("b"), {a});
+    const int c = add_node(graph, std::make_shared<StorageProbeLayer>("c"), {b});
+    const int d = add_node(graph, std::make_shared<ScaleLayer>("d"), {b});
+    const int e = add_node(graph, std::make_shared<SumLayer>("e"), {c, c});
+    const int f = add_node(graph, std::make_shared<StorageProbeLayer>("f"), {d});
+    const int g = add_node(graph, std::make_shared<SumLayer>("g"), {e, f});
+    graph.outputs = {g, d};
+    const ExecutionPlan plan = make_execution_plan(std::move(graph));
+    const auto node_of = [&](int value) {
+        return static_cast<std::size_t>(
+            plan.graph.values[static_cast<std::size_t>(value)].producer);
+    };
+    EXPECT_EQ(plan.overwritable_inputs[node_of(a)], 0U);  // the caller's input
+    EXPECT_EQ(plan.overwritable_inputs[node_of(b)], 1U);  // a: read by b alone
+    EXPECT_EQ(plan.overwritable_inputs[node_of(c)], 0U);  // b: d may hand it on
+    EXPECT_EQ(plan.overwritable_inputs[node_of(d)], 1U);  // b: c returns its own storage
+    EXPECT_EQ(plan.overwritable_inputs[node_of(e)], 0U);  // c: read twice by e
+    EXPECT_EQ(plan.overwritable_inputs[node_of(f)], 0U);  // d: a model output
+    // g: e from a layer that may return an input as it is; f from a probe, read by g alone.
+    EXPECT_EQ(plan.overwritable_inputs[node_of(g)], 2U);
+}
+
 }  // namespace
 }  // namespace keel::runtime

@@ -151,4 +151,38 @@ class ConcurrencyProbeLayer final : public Layer {
     std::atomic<int>& peak_;
 };
 
+// Identity that returns a copy of its input (storage nobody else holds, so it says
+// returns_exclusive_storage) and records where that copy lives and whether the run let it
+// overwrite its input, for tests of in-place writes.
+class StorageProbeLayer final : public Layer {
+  public:
+    explicit StorageProbeLayer(std::string name, std::chrono::milliseconds delay = {})
+        : Layer(std::move(name), true), delay_(delay) {}
+    std::string class_name() const override { return "TestStorageProbe"; }
+    nlohmann::json get_config() const override { return {{"name", name()}}; }
+    Shape infer_output_shape(std::span<const Shape> shapes) const override {
+        expect_input_count(shapes.size(), 1);
+        return shapes[0];
+    }
+    // Sleeps for `delay` first, so that a concurrent node may run while this one still holds its
+    // input unread.
+    Tensor forward(const ForwardContext& context) const override {
+        if (delay_.count() > 0) std::this_thread::sleep_for(delay_);
+        Tensor output = context.inputs[0].clone();
+        output_data_.store(output.data());
+        offered_.store(context.may_overwrite(0));
+        return output;
+    }
+    bool returns_exclusive_storage() const noexcept override { return true; }
+
+    const void* last_output_data() const { return output_data_.load(); }
+    bool last_offered_its_input() const { return offered_.load(); }
+
+  private:
+    void build_variables(std::span<const Shape>) override {}
+    std::chrono::milliseconds delay_;
+    mutable std::atomic<const void*> output_data_{nullptr};
+    mutable std::atomic<bool> offered_{false};
+};
+
 }  // namespace keel::testing

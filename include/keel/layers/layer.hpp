@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -53,6 +54,15 @@ struct ForwardContext {
     bool training = false;  // Keras' training argument, resolved (unset = false)
     // Where a training run stages variable updates; committed only when the whole run succeeded.
     std::vector<VariableUpdate>& updates;
+    // Inputs whose storage forward() may overwrite, e.g. to return its output there instead of in
+    // a new buffer: bit i stands for inputs[i]. A caller sets a bit only when nobody reads that
+    // input after this call and nobody else holds its storage (the graph runtime does, in
+    // inference runs; Layer::call sets none). A layer may ignore it.
+    std::uint64_t overwritable_inputs = 0;
+
+    bool may_overwrite(std::size_t input) const noexcept {
+        return input < 64 && ((overwritable_inputs >> input) & 1U) != 0;
+    }
 };
 
 // The interface every layer implements, and the variables it owns (Keras' weights).
@@ -94,6 +104,11 @@ class Layer {
     // committed in any order (moving averages do; updates computed from the values a run read,
     // like batch renormalization's, do not: the runtime then serializes training runs).
     virtual bool training_updates_commute() const noexcept { return true; }
+    // Whether forward() always returns storage that nothing else holds: a new buffer, or the
+    // storage of an input that ForwardContext::overwritable_inputs let it overwrite; never an input
+    // as it is, a view of one, a variable or a cached tensor. The graph runtime lets a later node
+    // overwrite such an output once nobody reads it any more. The default, false, is always safe.
+    virtual bool returns_exclusive_storage() const noexcept { return false; }
 
     // Keras' eager call: builds on first use, runs forward() on the current variables and commits
     // the updates a training call staged. Throws keel::Error on bad input, leaving every variable

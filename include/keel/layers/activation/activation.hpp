@@ -40,6 +40,7 @@ class Activation final : public Layer {
     nlohmann::json get_config() const override;
     Shape infer_output_shape(std::span<const Shape> input_shapes) const override;
     Tensor forward(const ForwardContext& context) const override;
+    bool returns_exclusive_storage() const noexcept override { return true; }
 
     const ActivationOptions& options() const noexcept;
 

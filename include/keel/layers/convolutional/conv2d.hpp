@@ -61,6 +61,7 @@ class Conv2D final : public Layer {
     nlohmann::json get_config() const override;
     Shape infer_output_shape(std::span<const Shape> input_shapes) const override;
     Tensor forward(const ForwardContext& context) const override;
+    bool returns_exclusive_storage() const noexcept override { return true; }
 
     // The arguments, normalized: name resolved, padding and data_format in lower case.
     const Conv2DOptions& options() const noexcept;
