@@ -2,8 +2,8 @@
 
 // Internal: per-statistic mean and biased variance, computed robustly in one pass over memory.
 //
-// Each block of data (small enough to stay in L1) is reduced with a two-pass mean / squared
-// deviation in f32; blocks are merged with Chan's parallel formula in f64. This never forms
+// Each block of data (small enough to stay in the core's cache) is reduced with a two-pass mean /
+// squared deviation in f32; blocks are merged with Chan's parallel formula in f64. This never forms
 // E[x²] − E[x]², so data with mean 1e4 and spread 1e-2 keeps its variance to a few f32 ulps.
 //
 // The work is split in two: a MomentsPlan, made once per geometry, holds everything the geometry

@@ -38,14 +38,17 @@ constexpr DType kDtypes[] = {DType::f32, DType::bf16, DType::f16};
 // (kMaxF32AdditionChain), n the reduction count, D the largest |x − μ| of the statistic, A its
 // largest |x| and s = D + ulp32(A):
 //  - a block of n_b elements with true mean μ_b is shifted by m, the f32 rounding of its first
-//    pass' mean x₀ + Σ(x − x₀)/n_b; that sum has terms below 2D, so |μ_b − m| ≤ ulp32(A)/2 + C·ε·D
-//    ≤ s, and every |x − m| ≤ |x − μ_b| + |μ_b − m| ≤ 2D + s ≤ 3s;
-//  - the block mean m + Σ(x − m)/n_b is off by C·(ε/2)·3s; blocks merge in f64, each merge adding
-//    ε64·A, at most n merges: |Δμ| ≤ 2·C·ε·s + 4·n·ε64·A;
+//    pass' mean x₀ + S/n_b with S = Σ(x − x₀); S has terms below 2D, so it is off by C·ε·D per
+//    element, |μ_b − m| ≤ ulp32(A)/2 + C·ε·D ≤ s, and every |x − m| ≤ |x − μ_b| + |μ_b − m| ≤
+//    2D + s ≤ 3s;
+//  - the block mean, m plus the correction (S − n_b·(m − x₀))/n_b, is off by C·ε·s from S and by
+//    1.5·ε·s from forming the correction (|m − x₀| ≤ 2s): at most 1.5·C·ε·s. Blocks merge in f64,
+//    each merge adding ε64·A, at most n merges: |Δμ| ≤ 2·C·ε·s + 4·n·ε64·A;
 //  - Σ(x − m)² (C additions of positive terms, each rounded twice) is off by (C/2 + 2)·ε of
-//    M2_b + n_b·(μ_b − m)² ≤ M2_b + n_b·s²; subtracting (Σ(x − m))²/n_b adds 2·|μ_b − m|·|Δμ_b|
-//    ≤ 3·C·ε·s² per element, and the block means' errors move the between-block part of M2 by
-//    2·|μ_b − μ|·|Δμ_b| ≤ 3·C·ε·s² per element; f64 merges add 4·s·n·ε64·A. So
+//    M2_b + n_b·(μ_b − m)² ≤ M2_b + n_b·s²; subtracting n_b·(μ̂_b − m)², μ̂_b the computed block
+//    mean, adds n_b·|μ̂_b − μ_b|·|μ̂_b + μ_b − 2m| ≤ 3·C·ε·s² per element (to first order), and the
+//    block means' errors move the between-block part of M2 by 2·|μ_b − μ|·|Δμ_b| ≤ 3·C·ε·s² per
+//    element; f64 merges add 4·s·n·ε64·A. So
 //    |Δσ²| ≤ (C/2 + 2)·ε·σ² + 7·C·ε·s² + 4·s·n·ε64·A.
 struct Bounds {
     double mean;
@@ -145,15 +148,25 @@ TEST(Moments, ChannelsLastMatchesTheReference) {
 
 TEST(Moments, ChannelsFirstMatchesTheReference) {
     std::vector<GeometryCase> cases;
-    // Runs shorter than kMinRunLength go to the matrix kernel (columns folded per channel), the
-    // others to the run kernel.
+    // Runs of a vector or more, in few samples, go to the run kernel; shorter runs to the matrix
+    // kernel (columns folded per channel).
     for (const std::int64_t batch : {1, 2, 3}) {
         for (const std::int64_t channels : {1, 3, 17}) {
-            for (const std::int64_t run : {2, 3, 17, 63, 64, 100, 1037}) {
+            for (const std::int64_t run : {2, 3, 15, 16, 17, 63, 64, 100, 1037}) {
                 cases.push_back({{batch, channels, run}, {1}});
             }
         }
     }
+    // On both sides of the choice between the kernels (blocking.hpp): runs of 16 in 15 and 16
+    // samples, runs of 95 in 94 and 95 samples (the run kernel joins at most 43 runs of 95 per
+    // block, so a channel takes several blocks).
+    cases.push_back({{15, 3, 4, 4}, {1}});
+    cases.push_back({{16, 3, 4, 4}, {1}});
+    cases.push_back({{94, 2, 95}, {1}});
+    cases.push_back({{95, 2, 95}, {1}});
+    // Long runs in many samples: the run kernel joins at most 40 of them per block, so each
+    // channel takes three blocks or more.
+    cases.push_back({{90, 3, 100}, {1}});
     // [K, R].
     for (const std::int64_t channels : {3, 17}) {
         for (const std::int64_t run : {5, 64, 1037}) cases.push_back({{channels, run}, {0}});
@@ -175,6 +188,8 @@ TEST(Moments, LongRunsAreSplitAcrossItems) {
 TEST(Moments, MultiAxisGeometriesMatchTheReference) {
     check_cases({
         {{3, 5, 7, 16}, {1, 3}},     // NHWC axis [1, 3]: [R K R K]
+        {{40, 5, 30, 16}, {1, 3}},   // two row chunks of 20 whole samples, every H in each item
+        {{4, 40, 30, 64}, {1, 3}},   // one row chunk: the 40 groups split into 4 items of 10
         {{2, 4, 17, 3}, {1, 3}},     // narrow inner channels: packing inside each (n, h)
         {{2, 3, 100, 33}, {1, 3}},   // tails on every target
         {{2, 3, 5, 7}, {1, 3}},      // NCHW axis [1, 3]
@@ -238,7 +253,9 @@ TEST(Moments, LargeMeanWithTinySpreadKeepsItsVarianceToAFewUlps) {
         {{1000, 3}, {1}},     // packed channels-last
         {{3, 5, 1000}, {1}},  // channels-first runs
         {{50, 4, 3}, {1}},    // channels-first short runs (matrix kernel, folded)
-        {{2, 3, 40, 7}, {1, 3}}, {{140001}, {}},  // one statistic, split over items
+        {{90, 3, 100}, {1}},  // channels-first runs in many samples, several blocks each
+        {{2, 3, 40, 7}, {1, 3}}, {{4, 40, 30, 64}, {1, 3}},  // groups split over items
+        {{140001}, {}},                                      // one statistic, split over items
     };
     for (const GeometryCase& c : cases) {
         SCOPED_TRACE(describe(c));
@@ -297,7 +314,11 @@ TEST(Moments, ResultsDoNotDependOnTheThreadCount) {
                                                            {{4, 8, 9000}, {1}},
                                                            {{8, 64, 30}, {1}},
                                                            {{300000}, {}},
-                                                           {{1, 2048, 15, 15}, {1}}}) {
+                                                           {{1, 2048, 15, 15}, {1}},
+                                                           {{8, 512, 7, 7}, {1}},
+                                                           {{64, 256, 7, 7}, {1}},
+                                                           {{4, 40, 30, 64}, {1, 3}},
+                                                           {{12, 28, 28, 64}, {1, 3}}}) {
         SCOPED_TRACE(describe(c));
         const Tensor x = random_tensor(c.shape, DType::f32, 7, -1.0F, 5.0F);
         const ReductionGeometry geometry = make_geometry(c.shape, c.kept_axes);
