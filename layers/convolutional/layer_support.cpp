@@ -7,6 +7,8 @@
 #include <keel/layers/convolutional/conv2d.hpp>
 #include <keel/layers/convolutional/depthwise_conv2d.hpp>
 
+#include "layers/keras/layer_arguments.hpp"
+
 namespace keel::convolutional {
 namespace {
 
@@ -103,16 +105,7 @@ std::int64_t checked_input_channels(const std::string& where, const Shape& input
                                  ")");
     }
     if (batch_input_shape.is_array()) {
-        bool matches = batch_input_shape.size() == input_shape.size();
-        for (std::size_t i = 0; matches && i < input_shape.size(); ++i) {
-            const auto& declared = batch_input_shape[i];
-            matches = declared.is_null() || input_shape[i] < 0 ||
-                      declared.get<std::int64_t>() == input_shape[i];
-        }
-        if (!matches) {
-            throw shape_mismatch(where, "input shape", shape_to_string(input_shape),
-                                 "a shape matching batch_input_shape " + batch_input_shape.dump());
-        }
+        layer_arguments::check_declared_input(where, batch_input_shape, input_shape);
     }
     const std::int64_t channels =
         input_shape[static_cast<std::size_t>(channel_axis(settings.data_format))];
