@@ -298,6 +298,27 @@ double tolerance(const Network& network, double largest) {
     return 4.0 * 2.0 * network.rounding_growth * 0x1.0p-24 * largest;
 }
 
+// Why `got` (the output of `what`) is not `want` (the output of `reference`) within tolerance(),
+// or nothing when every element is.
+std::optional<std::string> rounding_mismatch(const Network& network, std::span<const float> want,
+                                             std::span<const float> got, const std::string& what,
+                                             const std::string& reference) {
+    if (want.size() != got.size()) return what + "'s output size differs from " + reference + "'s";
+    double largest = 0.0;
+    for (const float value : want) {
+        largest = std::max(largest, static_cast<double>(std::abs(value)));
+    }
+    const double bound = tolerance(network, largest);
+    for (std::size_t i = 0; i < want.size(); ++i) {
+        if (!(std::abs(static_cast<double>(got[i]) - want[i]) <= bound)) {
+            return what + " output[" + std::to_string(i) + "] = " + std::to_string(got[i]) + "; " +
+                   reference + " " + std::to_string(want[i]) + ", tolerance " +
+                   std::to_string(bound);
+        }
+    }
+    return std::nullopt;
+}
+
 // Why the optimized model's output for `inputs` is not the unoptimized one's within rounding, or
 // nothing when it is.
 std::optional<std::string> optimized_mismatch(const Network& network,
@@ -308,21 +329,8 @@ std::optional<std::string> optimized_mismatch(const Network& network,
         expected.front().shape() != actual.front().shape()) {
         return "optimized output shape differs from the unoptimized one";
     }
-    const std::vector<float> want = expected.front().to_floats();
-    const std::vector<float> got = actual.front().to_floats();
-    double largest = 0.0;
-    for (const float value : want) {
-        largest = std::max(largest, static_cast<double>(std::abs(value)));
-    }
-    const double bound = tolerance(network, largest);
-    for (std::size_t i = 0; i < want.size(); ++i) {
-        if (!(std::abs(static_cast<double>(got[i]) - want[i]) <= bound)) {
-            return "optimized output[" + std::to_string(i) + "] = " + std::to_string(got[i]) +
-                   "; unoptimized " + std::to_string(want[i]) + ", tolerance " +
-                   std::to_string(bound);
-        }
-    }
-    return std::nullopt;
+    return rounding_mismatch(network, expected.front().to_floats(), actual.front().to_floats(),
+                             "optimized", "unoptimized");
 }
 
 // Compares the two models of `network` on `inputs` the first time a case of `key` runs (Google
@@ -579,19 +587,7 @@ std::optional<std::string> peer_mismatch(const Network& network, const ResnetSta
     const std::vector<float> want = network.unoptimized.run(inputs).front().to_floats();
     if (want.size() != output.size()) return "the peer's output size differs from keel's";
     peer.run(inputs.front().data_as<float>(), output.data());
-    double largest = 0.0;
-    for (const float value : want) {
-        largest = std::max(largest, static_cast<double>(std::abs(value)));
-    }
-    const double bound = tolerance(network, largest);
-    for (std::size_t i = 0; i < want.size(); ++i) {
-        if (!(std::abs(static_cast<double>(output[i]) - want[i]) <= bound)) {
-            return "oneDNN peer output[" + std::to_string(i) + "] = " + std::to_string(output[i]) +
-                   "; keel unoptimized " + std::to_string(want[i]) + ", tolerance " +
-                   std::to_string(bound);
-        }
-    }
-    return std::nullopt;
+    return rounding_mismatch(network, want, output, "oneDNN peer", "keel unoptimized");
 }
 
 // The same request as run_latency's, on the hand-written oneDNN pipeline: same weights, same
@@ -714,17 +710,9 @@ void run_eager_folded(benchmark::State& state, const LatencyCase& spec) {
     const std::vector<float> got = run().to_floats();
     std::vector<float> want(got.size());
     peer_for(network, spec.batch, spec.threads).run(inputs.front().data_as<float>(), want.data());
-    double largest = 0.0;
-    for (const float value : want) {
-        largest = std::max(largest, static_cast<double>(std::abs(value)));
-    }
-    const double bound = tolerance(network, largest);
-    for (std::size_t i = 0; i < want.size(); ++i) {
-        if (!(std::abs(static_cast<double>(got[i]) - want[i]) <= bound)) {
-            state.SkipWithError(
-                ("eager output[" + std::to_string(i) + "] differs from the peer's").c_str());
-            return;
-        }
+    if (const auto why = rounding_mismatch(network, want, got, "eager", "the peer")) {
+        state.SkipWithError(why->c_str());
+        return;
     }
     cpu_ms = {};
     for (auto _ : state) {
