@@ -1,144 +1,25 @@
 #include <keel/layers/core/dense.hpp>
 
-#include <array>
-#include <bit>
-#include <charconv>
 #include <cstdint>
 #include <mutex>
 #include <string>
-#include <unordered_map>
 #include <utility>
 
-#include <spdlog/spdlog.h>
-#include <oneapi/dnnl/dnnl.hpp>
-
 #include <keel/engine/error.hpp>
-#include <keel/engine/logging.hpp>
 #include <keel/layers/keras/constraints.hpp>
 #include <keel/layers/keras/initializers.hpp>
 #include <keel/layers/keras/regularizers.hpp>
 
-#include "engine/engine_state.hpp"
-#include "engine/onednn/memory_desc.hpp"
-#include "engine/onednn/translate_error.hpp"
-#include "engine/threading.hpp"
 #include "layers/activation/activation_function.hpp"
-#include "layers/core/dense/dense_loop.hpp"
+#include "layers/core/dense/dense_compute.hpp"
 #include "layers/keras/layer_arguments.hpp"
 #include "layers/keras/layer_config.hpp"
 
 namespace keel {
 namespace {
 
-using dnnl::memory;
-
 constexpr std::size_t kKernelIndex = 0;
 constexpr std::size_t kBiasIndex = 1;
-
-std::string float_bits(float value) {
-    std::array<char, 16> digits{};
-    const auto result = std::to_chars(digits.data(), digits.data() + digits.size(),
-                                      std::bit_cast<std::uint32_t>(value), 16);
-    return "0x" + std::string(digits.data(), result.ptr);
-}
-
-// The post-ops spelled field by field (algorithm, scale, alpha, beta by their bits), so that two
-// activations share a primitive only when oneDNN would compute the same thing.
-std::string post_ops_key(const dnnl::post_ops& post_ops) {
-    std::string key;
-    for (int i = 0; i < post_ops.len(); ++i) {
-        float scale = 0.0f;
-        float alpha = 0.0f;
-        float beta = 0.0f;
-        dnnl::algorithm algorithm = dnnl::algorithm::undef;
-        post_ops.get_params_eltwise(i, scale, algorithm, alpha, beta);
-        key += "eltwise(" + std::to_string(static_cast<int>(algorithm)) + "," + float_bits(scale) +
-               "," + float_bits(alpha) + "," + float_bits(beta) + ")";
-    }
-    return key.empty() ? "none" : key;
-}
-
-// The matmul x[rows, in] · kernel[in, units] (+ bias[1, units]) → y[rows, units], all plain
-// row-major. Keras' kernel layout (in, units) is exactly oneDNN's plain `ab` weights for
-// {K, N}, so the variables are used in place: no reorder per call and no cache of reordered
-// weights that would have to follow variable updates and graph rewrites. An input of rank > 2
-// is [..., in] row-major, i.e. rows = the product of its leading dimensions. (inner_product
-// would need the kernel transposed to {units, in} and treats trailing dims as spatial.)
-struct MatmulDescriptor {
-    std::int64_t rows = 0;
-    std::int64_t in = 0;
-    std::int64_t units = 0;
-    bool use_bias = true;
-    dnnl::post_ops post_ops;
-
-    memory::desc source() const {
-        return {{rows, in}, memory::data_type::f32, memory::format_tag::ab};
-    }
-    memory::desc weights() const {
-        return {{in, units}, memory::data_type::f32, memory::format_tag::ab};
-    }
-    memory::desc bias() const {
-        return {{1, units}, memory::data_type::f32, memory::format_tag::ab};
-    }
-    memory::desc destination() const {
-        return {{rows, units}, memory::data_type::f32, memory::format_tag::ab};
-    }
-
-    std::string key() const {
-        return "matmul;f32;src=[" + std::to_string(rows) + "," + std::to_string(in) + "]ab;wei=[" +
-               std::to_string(in) + "," + std::to_string(units) + "]ab;bias=" +
-               (use_bias ? "[1," + std::to_string(units) + "]ab" : std::string("none")) + ";dst=[" +
-               std::to_string(rows) + "," + std::to_string(units) +
-               "]ab;post_ops=" + post_ops_key(post_ops) + ";scratchpad=user";
-    }
-};
-
-// Creates the primitive when oneDNN's choice is not a generic reference implementation;
-// otherwise the entry carries only the name of what was offered (a cached refusal).
-CachedPrimitive create_matmul(const dnnl::engine& cpu, const MatmulDescriptor& descriptor,
-                              int threads) {
-    // oneDNN fixes a primitive's OpenMP team size at creation.
-    const OneDnnThreadScope thread_scope(threads);
-    CachedPrimitive entry;
-    const dnnl::matmul::desc operation =
-        descriptor.use_bias ? dnnl::matmul::desc(descriptor.source(), descriptor.weights(),
-                                                 descriptor.bias(), descriptor.destination())
-                            : dnnl::matmul::desc(descriptor.source(), descriptor.weights(),
-                                                 descriptor.destination());
-    dnnl::primitive_attr attributes;
-    attributes.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    attributes.set_post_ops(descriptor.post_ops);
-    const dnnl::matmul::primitive_desc primitive_desc(operation, attributes, cpu,
-                                                      /*allow_empty=*/true);
-    if (!primitive_desc) return entry;
-    entry.implementation = primitive_desc.impl_info_str();
-    if (entry.implementation.find("ref") != std::string::npos) return entry;
-    entry.scratchpad = primitive_desc.scratchpad_desc();
-    entry.primitive = dnnl::matmul(primitive_desc);
-    return entry;
-}
-
-void run_matmul(const Engine& engine, const CachedPrimitive& entry,
-                const MatmulDescriptor& descriptor, const float* x, const float* kernel,
-                const float* bias, float* y) {
-    const dnnl::engine& cpu = engine.state().cpu;
-    std::unordered_map<int, memory> arguments{
-        {DNNL_ARG_SRC, wrap_memory(cpu, descriptor.source(), x)},
-        {DNNL_ARG_WEIGHTS, wrap_memory(cpu, descriptor.weights(), kernel)},
-        {DNNL_ARG_DST, wrap_memory(cpu, descriptor.destination(), y)},
-    };
-    if (descriptor.use_bias)
-        arguments.emplace(DNNL_ARG_BIAS, wrap_memory(cpu, descriptor.bias(), bias));
-    const std::size_t scratchpad_bytes = entry.scratchpad.get_size();
-    if (scratchpad_bytes > 0) {
-        arguments.emplace(DNNL_ARG_SCRATCHPAD,
-                          wrap_memory(cpu, entry.scratchpad, thread_scratch(scratchpad_bytes)));
-    }
-    const OneDnnThreadScope thread_scope(operation_threads(engine));
-    dnnl::stream stream(cpu);
-    entry.primitive.execute(stream, arguments);
-    stream.wait();
-}
 
 }  // namespace
 
@@ -321,53 +202,10 @@ Tensor Dense::forward(const ForwardContext& context) const {
 
     const Tensor x = input.dtype() == DType::f32 ? input : input.to(DType::f32);
     Tensor y = Tensor::uninitialized(output_shape, DType::f32);  // every element is written
-    const std::int64_t rows = in == 0 ? 0 : x.element_count() / in;
     if (y.empty()) return y;
-
-    MatmulDescriptor descriptor;
-    descriptor.rows = rows;
-    descriptor.in = in;
-    descriptor.units = units;
-    descriptor.use_bias = impl.options.use_bias;
-    const bool fused = impl.activation.append_post_op(descriptor.post_ops);
-    if (!fused) descriptor.post_ops = dnnl::post_ops();
-
-    std::string implementation;
-    bool activation_applied = false;
-    std::shared_ptr<const CachedPrimitive> entry;
-    if (rows > 0) {
-        // An input with in == 0 has nothing to multiply: the loop writes the bias.
-        const int threads = operation_threads(impl.engine);
-        const std::string key = descriptor.key();
-        entry = with_onednn_errors(where, [&] {
-            return impl.engine.state().primitives.get_or_create(key, threads, [&] {
-                CachedPrimitive created =
-                    create_matmul(impl.engine.state().cpu, descriptor, threads);
-                logger()->debug("{}: {} with {} threads: {}", where, key, threads,
-                                created.primitive ? "runs on " + created.implementation
-                                                  : "refused (" + created.implementation + ")");
-                return created;
-            });
-        });
-    }
-    if (entry && entry->primitive) {
-        with_onednn_errors(where, [&] {
-            run_matmul(impl.engine, *entry, descriptor, x.data_as<float>(), kernel, bias,
-                       y.data_as<float>());
-        });
-        implementation = "onednn:" + entry->implementation;
-        activation_applied = fused;
-        if (fused && !impl.activation.is_linear()) implementation += "+eltwise";
-    } else {
-        const std::int64_t loop_rows = in == 0 ? y.element_count() / units : rows;
-        dense::dense_loop(impl.engine, x.data_as<float>(), kernel, bias, y.data_as<float>(),
-                          loop_rows, in, units);
-        implementation = "keel:loop";
-    }
-    if (!activation_applied && !impl.activation.is_linear()) {
-        impl.activation.apply_in_place(impl.engine, y);
-        implementation += "+keel:" + impl.activation.to_keras().get<std::string>();
-    }
+    std::string implementation = dense::compute_dense(
+        impl.engine, where, {in, units, impl.options.use_bias, impl.activation}, x, kernel, bias, y,
+        dense::Destination::overwrite);
     std::lock_guard lock(impl.mutex);
     impl.last_implementation = std::move(implementation);
     return y;

@@ -22,6 +22,7 @@
 
 #include "layers/activation/activation_function.hpp"
 #include "layers/convolutional/convolution.hpp"
+#include "layers/core/dense/dense_compute.hpp"
 #include "runtime/compiled_model.hpp"
 
 namespace keel {
@@ -450,6 +451,107 @@ TEST(Passes, ResidualAddOfAnExactConvolutionIsBitIdentical) {
                       "fuse_residual_add:depthwise_sum+depthwise_add+depthwise_act"});
         const Tensor input = grid({3, 5, 5, 3}, 21);
         EXPECT_TRUE(equal_values(models.optimized.run({input})[0], models.plain.run({input})[0]));
+    }
+}
+
+std::shared_ptr<Dense> dense(const std::string& name, std::int64_t units, bool use_bias = true,
+                             nlohmann::json activation = nullptr) {
+    DenseOptions options;
+    options.name = name;
+    options.units = units;
+    options.use_bias = use_bias;
+    options.activation = std::move(activation);
+    return std::make_shared<Dense>(options);
+}
+
+// compute_dense with an addend equals compute_dense then an f32 add, bit for bit: grid values make
+// every product and sum exact, so both round only the final c + addend (and ReLU rounds nothing).
+// in = 0 takes keel's loop (nothing to multiply: the result is the bias), every other size the
+// matmul with sum and eltwise post-ops.
+TEST(Passes, DenseAndSumEqualsDenseThenAdd) {
+    const activation::ActivationFunction linear;
+    const activation::ActivationFunction relu_function{
+        .kind = activation::ActivationFunction::Kind::relu};
+    for (const std::int64_t in : {0, 9}) {
+        for (const activation::ActivationFunction* function : {&linear, &relu_function}) {
+            const dense::DenseLayerSpec spec{in, 5, true, *function};
+            const Tensor x = grid({2, 3, in}, 40);
+            const Tensor kernel = grid({in, 5}, 41);
+            const Tensor bias = grid({5}, 42);
+            const Tensor addend = grid({2, 3, 5}, 43);
+            dense::DenseLayerSpec linear_spec = spec;
+            linear_spec.activation = linear;
+            Tensor expected = Tensor::uninitialized({2, 3, 5}, DType::f32);
+            dense::compute_dense(default_engine(), "test", linear_spec, x, kernel.data_as<float>(),
+                                 bias.data_as<float>(), expected, dense::Destination::overwrite);
+            for (std::int64_t i = 0; i < expected.element_count(); ++i) {
+                expected.data_as<float>()[i] += addend.data_as<float>()[i];
+            }
+            function->apply_in_place(default_engine(), expected);
+
+            Tensor sum = addend.clone();
+            const std::string implementation =
+                dense::compute_dense(default_engine(), "test", spec, x, kernel.data_as<float>(),
+                                     bias.data_as<float>(), sum, dense::Destination::accumulate);
+            const std::string label = "in " + std::to_string(in) + " " + implementation;
+            EXPECT_TRUE(equal_values(sum, expected)) << label;
+            EXPECT_EQ(implementation.find("onednn:") == 0, in > 0) << label;
+            EXPECT_NE(implementation.find("sum"), std::string::npos) << label;
+        }
+    }
+}
+
+// A transformer-style residual: Dense → Add(x) → ReLU on a [batch, tokens, features] input, and
+// Dense → BatchNormalization → Add → Activation with the normalization folded first. With grid
+// values the unfolded Dense is exact, so fusing alone changes nothing; the folded case is bounded
+// as in ResidualAddFusesIntoTheFoldedConvolutionWithinRounding, with K = 8 terms.
+TEST(Passes, ResidualAddFusesIntoDense) {
+    {
+        GraphBuilder graph;
+        const SymbolicTensor x = graph.input({3, 8}, "x");
+        auto d = dense("dense_res", 8);
+        const SymbolicTensor y = graph.apply(
+            relu("dense_res_relu"), {graph.apply(add("dense_res_add"), {x, graph.apply(d, {x})})});
+        const Compiled models = compile_both(graph, x, y);
+        d->set_variable("kernel", grid({8, 8}, 44));
+        d->set_variable("bias", grid({8}, 45));
+        EXPECT_EQ(
+            models.optimized.passes(),
+            std::vector<std::string>{"fuse_residual_add:dense_res+dense_res_add+dense_res_relu"});
+        const Tensor input = grid({2, 3, 8}, 46);
+        EXPECT_TRUE(bit_identical(models.optimized.run({input})[0], models.plain.run({input})[0]));
+    }
+    {
+        GraphBuilder graph;
+        const SymbolicTensor x = graph.input({8}, "x");
+        const SymbolicTensor r = graph.apply(dense("dense_shortcut", 4, true, "relu"), {x});
+        auto d = dense("dense_folded", 4, /*use_bias=*/false);
+        auto b = bn("bn_dense_folded");
+        const SymbolicTensor y = graph.apply(
+            std::make_shared<Activation>(
+                ActivationOptions{.activation = "relu", .name = "dense_folded_act"}),
+            {graph.apply(add("dense_folded_add"), {graph.apply(b, {graph.apply(d, {x})}), r})});
+        const Compiled models = compile_both(graph, x, y);
+        d->set_variable("kernel", grid({8, 4}, 47));
+        set_statistics(*b, 4);
+        EXPECT_EQ(models.optimized.passes(),
+                  (std::vector<std::string>{
+                      "fold_batch_normalization:dense_folded+bn_dense_folded",
+                      "fuse_residual_add:dense_folded+dense_folded_add+dense_folded_act"}));
+        const Tensor input = grid({5, 8}, 48);
+        const Tensor expected = models.plain.run({input})[0];
+        constexpr std::int64_t kTerms = 8;
+        const double max_bn = kMaxScale * kTerms + kMaxShift;
+        const double bound = fold_bound(kTerms, kMaxScale, kMaxShift, max_bn) +
+                             2.0 * std::ldexp(1.0, -24) * (max_bn + kTerms + 1.0);
+        expect_close(models.optimized.run({input})[0], expected, static_cast<float>(bound));
+    }
+    {
+        GraphBuilder graph;  // a Dense with its own nonlinearity stays unfused
+        const SymbolicTensor x = graph.input({4}, "x");
+        const SymbolicTensor y = graph.apply(
+            add("dense_tanh_add"), {graph.apply(dense("dense_tanh", 4, true, "tanh"), {x}), x});
+        EXPECT_TRUE(graph.compile({x}, {y}).passes().empty());
     }
 }
 
