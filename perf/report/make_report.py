@@ -404,6 +404,138 @@ def graph_markdown(graph_cases, context):
     return lines
 
 
+# Issue 7's targets, each judged from this run's figures. A case is "tiny" when its input is at
+# most TINY_INPUT_BYTES (the per-call overhead cases), "cache-resident" when it is not tiny and its
+# input and output fit in the last-level cache, "large" when they do not.
+TINY_INPUT_BYTES = 64 * 1024
+BEST_PEER_TARGET = 0.97
+
+
+def last_level_cache_bytes(context):
+    sizes = [cache["size"] for cache in context.get("caches", [])
+             if cache.get("type") in ("Unified", "Data")]
+    return max(sizes) if sizes else None
+
+
+def case_size(case, llc_bytes):
+    element_bytes = 2 if case["dtype"] in ("bf16", "f16") else 4
+    input_bytes = math.prod(case["shape"]) * element_bytes
+    if input_bytes <= TINY_INPUT_BYTES:
+        return "tiny"
+    if llc_bytes is not None and 2 * input_bytes <= llc_bytes:
+        return "cache-resident"
+    return "large"
+
+
+def judge(name, rows, passes):
+    """One target: rows = [(case label, value)], passes(value) -> bool; the worst row first."""
+    judged = [(label, value, passes(value)) for label, value in rows if value is not None]
+    failing = [row for row in judged if not row[2]]
+    return {"target": name, "met": len(judged) - len(failing), "cases": len(judged),
+            "failing": [{"case": label, "value": value} for label, value, _ in failing]}
+
+
+def evaluate_targets(report):
+    llc = last_level_cache_bytes(report["context"])
+    plain = [case for case in report["cases"] if case["mode"] in PLAIN_MODES]
+    custom = [case for case in report["cases"] if case["mode"] not in PLAIN_MODES]
+
+    def label(case):
+        return f"{case['case']} {case['threads']}t"
+
+    def keel_fraction(case, stores=None):
+        gbps = case["gbps"].get("keel")
+        roof_gbps = (case["roof"] or {}).get(f"{stores}_gbps" if stores else "gbps")
+        return ratio(gbps, roof_gbps)
+
+    def where(predicate):
+        return [case for case in plain if predicate(case)]
+
+    targets = [
+        judge("every case: keel >= 0.97x the fastest peer",
+              [(label(c), c["keel_over_best"]) for c in plain],
+              lambda v: v >= BEST_PEER_TARGET),
+        judge("inference, f32, NHWC, large: >= 90% of the non-temporal copy roof",
+              [(label(c), keel_fraction(c, "nontemporal")) for c in where(
+                  lambda c: c["mode"] == "inference" and c["dtype"] == "f32"
+                  and c["layout"] == "nhwc" and case_size(c, llc) == "large")],
+              lambda v: v >= 0.90),
+        judge("NCHW: >= 3x oneDNN-direct",
+              [(label(c), c["keel_over_onednn"]) for c in where(lambda c: c["layout"] == "nchw")],
+              lambda v: v >= 3.0),
+        judge("NCHW: >= 80% of the roof",
+              [(label(c), keel_fraction(c)) for c in where(
+                  lambda c: c["layout"] == "nchw" and case_size(c, llc) != "tiny")],
+              lambda v: v >= 0.80),
+        judge("training, NHWC: >= 1.0x oneDNN-direct",
+              [(label(c), c["keel_over_onednn"]) for c in where(
+                  lambda c: c["mode"] == "training" and c["layout"] == "nhwc")],
+              lambda v: v >= 1.0),
+        judge("training, NHWC: >= 85% of the triad roof",
+              [(label(c), keel_fraction(c)) for c in where(
+                  lambda c: c["mode"] == "training" and c["layout"] == "nhwc"
+                  and case_size(c, llc) != "tiny")],
+              lambda v: v >= 0.85),
+        judge("cache-resident: >= 1.5x oneDNN-direct",
+              [(label(c), c["keel_over_onednn"]) for c in where(
+                  lambda c: case_size(c, llc) == "cache-resident")],
+              lambda v: v >= 1.5),
+    ]
+    f32_inference = {(c["case"].split("/")[0], c["layout"], c["threads"]): c["median_ms"].get("keel")
+                     for c in where(lambda c: c["mode"] == "inference" and c["dtype"] == "f32")}
+    targets.append(judge(
+        "bf16 inference: >= 1.7x the f32 elements per second",
+        [(label(c), ratio(f32_inference.get((c["case"].split("/")[0], c["layout"], c["threads"])),
+                          c["median_ms"].get("keel")))
+         for c in where(lambda c: c["mode"] == "inference" and c["dtype"] == "bf16"
+                        and case_size(c, llc) != "tiny")],
+        lambda v: v >= 1.7))
+    targets.append(judge(
+        "custom path: <= 1.15x keel's plain training",
+        [(label(c), c.get("custom_over_plain")) for c in custom], lambda v: v <= 1.15))
+    targets.append(judge(
+        "custom path: >= 75% of the triad roof",
+        [(label(c), keel_fraction(c)) for c in custom], lambda v: v >= 0.75))
+    targets.append(judge(
+        "tiny: keel's per-call overhead over oneDNN-direct < 1 µs (keel − oneDNN, µs)",
+        [(label(c), (c["median_ms"]["keel"] - c["median_ms"]["onednn"]) * 1e3)
+         for c in where(lambda c: case_size(c, llc) == "tiny"
+                        and "keel" in c["median_ms"] and "onednn" in c["median_ms"])],
+        lambda v: v < 1.0))
+    graph_cases = report["graph"]["cases"]
+    targets.append(judge(
+        f"graph: keel optimized <= {PEER_TARGET}x the hand-written oneDNN pipeline",
+        [(f"{g['model']} N={g['batch']} {g['threads']}t", g["keel_over_peer"])
+         for g in graph_cases if g["mode"] == "latency" and g["keel_over_peer"] is not None],
+        lambda v: v <= PEER_TARGET))
+    targets.append(judge(
+        f"serving: 2 clients >= {THROUGHPUT_TARGET}x the requests/s of 1",
+        [(f"{g['model']} optimize {setting}", value) for g in graph_cases
+         for setting, value in g.get("throughput_scaling", {}).items()],
+        lambda v: v >= THROUGHPUT_TARGET))
+    return [target for target in targets if target["cases"] > 0]
+
+
+def targets_markdown(targets):
+    lines = [
+        "",
+        "## Targets (issue 7), judged from this run",
+        "",
+        "`met` = cases meeting the target / cases it applies to; `missed` lists the others with "
+        "their value (ratios as in the tables below). A single run on a shared machine can miss "
+        "by noise: read the * marks of the cases named.",
+        "",
+        "| target | met | missed |",
+        "|---|---:|---|",
+    ]
+    for target in targets:
+        missed = ", ".join(f"{row['case']} ({number(row['value'], 3)})"
+                           for row in sorted(target["failing"], key=lambda row: row["case"]))
+        lines.append(f"| {target['target']} | {target['met']}/{target['cases']} | "
+                     f"{missed or '–'} |")
+    return lines
+
+
 def number(value, digits=3):
     if value is None:
         return "–"
@@ -423,6 +555,8 @@ def markdown(report):
         f"{context.get('num_cpus', '?')} cores at {context.get('mhz_per_cpu', '?')} MHz, "
         f"load average {', '.join(number(v, 2) for v in context.get('load_avg', []))} at start.",
     ]
+    if report["targets"]:
+        lines += targets_markdown(report["targets"])
     # A run filtered to the graph cases has no bandwidth round and no BatchNormalization case.
     if report["stream"] or report["cases"]:
         lines += batch_normalization_markdown(report)
@@ -600,6 +734,7 @@ def main():
     }
     add_custom_ratios(report["cases"])
     add_graph_ratios(report["graph"]["cases"])
+    report["targets"] = evaluate_targets(report)
     arguments.out_dir.mkdir(parents=True, exist_ok=True)
     (arguments.out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (arguments.out_dir / "results.md").write_text(markdown(report))
