@@ -6,6 +6,7 @@
 #include <keel/layers/keras/regularizers.hpp>
 
 #include "layers/convolutional/layer_support.hpp"
+#include "layers/keras/layer_arguments.hpp"
 #include "layers/keras/layer_config.hpp"
 
 namespace keel {
@@ -164,12 +165,12 @@ Tensor Conv2D::forward(const ForwardContext& context) const {
         throw invalid_argument(where, "forward", "an unbuilt layer",
                                "build() or call() before forward()");
     }
-    const Tensor& kernel =
-        convolutional::checked_variable(where, context.variables, 0, "kernel", impl.kernel_shape());
+    const Tensor& kernel = layer_arguments::checked_variable(where, context.variables, 0, "kernel",
+                                                             impl.kernel_shape());
     const float* bias = nullptr;
     if (impl.options.use_bias) {
-        bias = convolutional::checked_variable(where, context.variables, 1, "bias",
-                                               {impl.options.filters})
+        bias = layer_arguments::checked_variable(where, context.variables, 1, "bias",
+                                                 {impl.options.filters})
                    .data_as<float>();
     }
     return convolutional::run_convolution(impl.engine, where, impl.settings, context.inputs[0],

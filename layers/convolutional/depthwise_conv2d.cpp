@@ -6,6 +6,7 @@
 #include <keel/layers/keras/regularizers.hpp>
 
 #include "layers/convolutional/layer_support.hpp"
+#include "layers/keras/layer_arguments.hpp"
 #include "layers/keras/layer_config.hpp"
 
 namespace keel {
@@ -142,12 +143,12 @@ Tensor DepthwiseConv2D::forward(const ForwardContext& context) const {
         throw invalid_argument(where, "forward", "an unbuilt layer",
                                "build() or call() before forward()");
     }
-    const Tensor& kernel = convolutional::checked_variable(where, context.variables, 0,
-                                                           "depthwise_kernel", impl.kernel_shape());
+    const Tensor& kernel = layer_arguments::checked_variable(
+        where, context.variables, 0, "depthwise_kernel", impl.kernel_shape());
     const float* bias = nullptr;
     if (impl.options.use_bias) {
         bias =
-            convolutional::checked_variable(where, context.variables, 1, "bias", {impl.filters()})
+            layer_arguments::checked_variable(where, context.variables, 1, "bias", {impl.filters()})
                 .data_as<float>();
     }
     return convolutional::run_convolution(impl.engine, where, impl.settings, context.inputs[0],

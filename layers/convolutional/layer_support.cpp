@@ -219,21 +219,4 @@ std::optional<ConvolutionLayerSpec> convolution_layer_spec(const Layer& layer) {
     return std::nullopt;
 }
 
-const Tensor& checked_variable(const std::string& where, const std::vector<Tensor>& variables,
-                               std::size_t index, const char* name, const Shape& shape) {
-    if (index >= variables.size()) {
-        throw invalid_argument(
-            where, "variables", std::to_string(variables.size()) + " tensors",
-            "a value for variable '" + std::string(name) + "' at index " + std::to_string(index));
-    }
-    const Tensor& variable = variables[index];
-    if (variable.shape() != shape || variable.dtype() != DType::f32) {
-        throw shape_mismatch(
-            where, std::string("variable '") + name + "'",
-            shape_to_string(variable.shape()) + " " + std::string(dtype_name(variable.dtype())),
-            shape_to_string(shape) + " float32, as at build");
-    }
-    return variable;
-}
-
 }  // namespace keel::convolutional

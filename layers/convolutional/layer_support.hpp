@@ -94,11 +94,6 @@ struct ConvolutionLayerSpec {
 // The spec of `layer` when it is a built Conv2D or DepthwiseConv2D; nullopt otherwise.
 std::optional<ConvolutionLayerSpec> convolution_layer_spec(const Layer& layer);
 
-// A variable of the layer, checked to have the shape build gave it (a graph rewrite hands in
-// its own tensors).
-const Tensor& checked_variable(const std::string& where, const std::vector<Tensor>& variables,
-                               std::size_t index, const char* name, const Shape& shape);
-
 // Keras config keys both layers read: kernel_size (required), strides, padding, data_format
 // (null = channels_last), dilation_rate, activation, use_bias, bias_*, activity_regularizer,
 // name, trainable, dtype, batch_input_shape. Fills `options` (Conv2DOptions or

@@ -182,25 +182,16 @@ Tensor Dense::forward(const ForwardContext& context) const {
     const std::int64_t in = impl.input_dim;
     const std::int64_t units = impl.options.units;
 
-    const auto checked_variable = [&](std::size_t index, const Shape& shape,
-                                      const char* variable) -> const float* {
-        if (context.variables.size() <= index) {
-            throw internal_error(where, std::string("no value for variable '") + variable + "'");
-        }
-        const Tensor& value = context.variables[index];
-        if (value.shape() != shape || value.dtype() != DType::f32) {
-            throw shape_mismatch(
-                where, std::string("variable '") + variable + "'",
-                shape_to_string(value.shape()) + " " + std::string(dtype_name(value.dtype())),
-                shape_to_string(shape) + " float32");
-        }
-        return value.data_as<float>();
-    };
-    const float* kernel = checked_variable(kKernelIndex, {in, units}, "kernel");
-    const float* bias =
-        impl.options.use_bias ? checked_variable(kBiasIndex, {units}, "bias") : nullptr;
+    const float* kernel = layer_arguments::checked_variable(where, context.variables, kKernelIndex,
+                                                            "kernel", {in, units})
+                              .data_as<float>();
+    const float* bias = impl.options.use_bias
+                            ? layer_arguments::checked_variable(where, context.variables,
+                                                                kBiasIndex, "bias", {units})
+                                  .data_as<float>()
+                            : nullptr;
 
-    const Tensor x = input.dtype() == DType::f32 ? input : input.to(DType::f32);
+    const Tensor x = layer_arguments::as_float32(input);
     Tensor y = Tensor::uninitialized(output_shape, DType::f32);  // every element is written
     if (y.empty()) return y;
     std::string implementation = dense::compute_dense(

@@ -81,4 +81,21 @@ Tensor reshaped_output(const Tensor& input, Shape shape) {
                                 : input.clone().reshaped(std::move(shape));
 }
 
+const Tensor& checked_variable(std::string_view where, const std::vector<Tensor>& variables,
+                               std::size_t index, std::string_view name, const Shape& shape) {
+    if (index >= variables.size()) {
+        throw invalid_argument(
+            where, "variables", std::to_string(variables.size()) + " tensors",
+            "a value for variable '" + std::string(name) + "' at index " + std::to_string(index));
+    }
+    const Tensor& variable = variables[index];
+    if (variable.shape() != shape || variable.dtype() != DType::f32) {
+        throw shape_mismatch(
+            where, "variable '" + std::string(name) + "'",
+            shape_to_string(variable.shape()) + " " + std::string(dtype_name(variable.dtype())),
+            shape_to_string(shape) + " float32, as at build");
+    }
+    return variable;
+}
+
 }  // namespace keel::layer_arguments

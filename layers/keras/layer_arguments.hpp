@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -37,6 +38,11 @@ std::optional<std::string> read_data_format(keras::LayerConfig& config);
 // Keras' base keys (name, trainable, dtype) plus batch_input_shape when one was declared.
 nlohmann::json base_config(std::string_view name, bool trainable, std::string_view dtype,
                            const nlohmann::json& batch_input_shape);
+
+// variables[index], checked to be f32 with the shape build gave it (forward() reads the run's
+// snapshot, and a graph rewrite hands in tensors of its own).
+const Tensor& checked_variable(std::string_view where, const std::vector<Tensor>& variables,
+                               std::size_t index, std::string_view name, const Shape& shape);
 
 // The input as f32 (converted when it has another dtype, shared otherwise).
 Tensor as_float32(const Tensor& input);

@@ -12,6 +12,7 @@
 #include "layers/activation/activation_function.hpp"
 #include "layers/convolutional/layer_support.hpp"
 #include "layers/core/dense/dense_compute.hpp"
+#include "layers/keras/layer_arguments.hpp"
 #include "runtime/passes/pass.hpp"
 
 namespace keel::runtime {
@@ -121,11 +122,11 @@ class ResidualConvolution final : public ResidualSum {
   private:
     void accumulate(const std::string& where, const std::vector<Tensor>& variables,
                     const Tensor& input, Tensor& sum) const override {
-        const Tensor& kernel = convolutional::checked_variable(
+        const Tensor& kernel = layer_arguments::checked_variable(
             where, variables, 0, spec_.kernel_name.c_str(), spec_.kernel_shape);
         const float* bias = nullptr;
         if (spec_.use_bias) {
-            bias = convolutional::checked_variable(where, variables, 1, "bias", {spec_.filters})
+            bias = layer_arguments::checked_variable(where, variables, 1, "bias", {spec_.filters})
                        .data_as<float>();
         }
         convolutional::run_convolution_and_sum(engine(), where, spec_.settings, input,
@@ -149,14 +150,14 @@ class ResidualDense final : public ResidualSum {
   private:
     void accumulate(const std::string& where, const std::vector<Tensor>& variables,
                     const Tensor& input, Tensor& sum) const override {
-        const Tensor& kernel =
-            convolutional::checked_variable(where, variables, 0, "kernel", {spec_.in, spec_.units});
+        const Tensor& kernel = layer_arguments::checked_variable(where, variables, 0, "kernel",
+                                                                 {spec_.in, spec_.units});
         const float* bias = nullptr;
         if (spec_.use_bias) {
-            bias = convolutional::checked_variable(where, variables, 1, "bias", {spec_.units})
+            bias = layer_arguments::checked_variable(where, variables, 1, "bias", {spec_.units})
                        .data_as<float>();
         }
-        const Tensor x = input.dtype() == DType::f32 ? input : input.to(DType::f32);
+        const Tensor x = layer_arguments::as_float32(input);
         dense::compute_dense(engine(), where, spec_, x, kernel.data_as<float>(), bias, sum,
                              dense::Destination::accumulate);
     }
