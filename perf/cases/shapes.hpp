@@ -1,5 +1,6 @@
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -10,7 +11,8 @@
 namespace keel::perf {
 
 struct BatchNormalizationShape {
-    // Channels-last dimensions: [N, H, W, C] for images, [N, C] for dense activations.
+    // Channels-last dimensions: [N, ..., C] — [N, H, W, C] for images, [N, W, C] for sequences,
+    // [N, D, H, W, C] for volumes, [N, C] for dense activations.
     std::vector<std::int64_t> channels_last;
     // Also time keel's custom path here (renorm, virtual batches, adjustment, multi-axis), which
     // only keel offers, against keel's own plain training on the same tensor.
@@ -30,31 +32,34 @@ inline const std::vector<BatchNormalizationShape>& batch_normalization_shapes() 
         // MobileNet stem: few channels, long reductions; input + output (24.5 MiB in f32) fit
         // in L3.
         {{8, 112, 112, 32}},
+        // A 1-D convolution's activations (3-D: [N, W, C]), 8 MiB in f32.
+        {{16, 512, 256}},
+        // A 3-D convolution's activations (5-D: [N, D, H, W, C]), 12.3 MiB in f32.
+        {{4, 16, 28, 28, 64}},
         // 16 KiB: what one call costs beyond its arithmetic.
         {{1, 8, 8, 64}},
     };
     return shapes;
 }
 
-// How the tensor lies in memory, which decides the normalized axis: nhwc (axis -1), nchw (axis 1)
-// and, for 2-D tensors, nc (axis -1).
-enum class Layout { nhwc, nchw, nc };
+// How the tensor lies in memory, which decides the normalized axis: channels last (axis -1:
+// nwc, nhwc, ndhwc), channels first (axis 1: ncw, nchw, ncdhw) and, for 2-D tensors, nc (axis -1).
+enum class Layout { channels_last, channels_first, nc };
 
-inline std::string_view layout_name(Layout layout) {
-    switch (layout) {
-        case Layout::nhwc:
-            return "nhwc";
-        case Layout::nchw:
-            return "nchw";
-        case Layout::nc:
-            return "nc";
-    }
-    return "?";
+// "nhwc", "ncdhw", ...: oneDNN's and PyTorch's name of `layout` for a tensor of `rank`.
+inline std::string layout_name(Layout layout, std::size_t rank) {
+    if (layout == Layout::nc) return "nc";
+    const std::string spatial = std::string("dhw").substr(3 - std::min<std::size_t>(rank - 2, 3));
+    return layout == Layout::channels_last ? "n" + spatial + "c" : "nc" + spatial;
+}
+
+inline std::string layout_name(Layout layout, const BatchNormalizationShape& shape) {
+    return layout_name(layout, shape.channels_last.size());
 }
 
 inline std::vector<Layout> layouts_of(const BatchNormalizationShape& shape) {
-    if (shape.channels_last.size() == 4) {
-        return {Layout::nhwc, Layout::nchw};
+    if (shape.channels_last.size() >= 3) {
+        return {Layout::channels_last, Layout::channels_first};
     }
     return {Layout::nc};
 }
@@ -74,16 +79,18 @@ inline std::string shape_label(const BatchNormalizationShape& shape) {
 // The tensor's dimensions in `layout`, outermost first (what keel and PyTorch are given).
 inline std::vector<std::int64_t> tensor_dims(const BatchNormalizationShape& shape, Layout layout) {
     const std::vector<std::int64_t>& dims = shape.channels_last;
-    if (layout == Layout::nchw) {
-        return {dims[0], dims[3], dims[1], dims[2]};
+    if (layout == Layout::channels_first) {
+        std::vector<std::int64_t> first = {dims.front(), dims.back()};
+        first.insert(first.end(), dims.begin() + 1, dims.end() - 1);
+        return first;
     }
     return dims;
 }
 
-inline int channel_axis(Layout layout) { return layout == Layout::nchw ? 1 : -1; }
+inline int channel_axis(Layout layout) { return layout == Layout::channels_first ? 1 : -1; }
 
 // The tensor seen as [outer, channels, inner] in row-major order: channels-last layouts have
-// inner = 1, nchw has outer = N and inner = H * W.
+// inner = 1, channels-first ones outer = N and inner = the product of the spatial dimensions.
 struct ChannelGeometry {
     std::int64_t outer = 0;
     std::int64_t channels = 0;
@@ -99,7 +106,7 @@ inline ChannelGeometry channel_geometry(const BatchNormalizationShape& shape, La
     for (std::size_t i = 1; i + 1 < dims.size(); ++i) {
         spatial *= dims[i];
     }
-    if (layout == Layout::nchw) {
+    if (layout == Layout::channels_first) {
         return {dims[0], channels, spatial};
     }
     return {dims[0] * spatial, channels, 1};

@@ -175,10 +175,20 @@ def roof(stream, group, mode, threads):
             "ordinary_gbps": candidates["ordinary"], "nontemporal_gbps": candidates["nontemporal"]}
 
 
+def channels_first(layout):
+    """ncw, nchw, ncdhw: the normalized axis is 1."""
+    return len(layout) > 2 and layout.startswith("nc")
+
+
+def channels_last(layout):
+    """nwc, nhwc, ndhwc (not the 2-D nc): the normalized axis is the innermost of several."""
+    return len(layout) > 2 and not layout.startswith("nc")
+
+
 def tensor_shape(shape, layout):
     dims = [int(d) for d in shape.split("x")]
-    if layout == "nchw":
-        return [dims[0], dims[3], dims[1], dims[2]]
+    if channels_first(layout):
+        return [dims[0], dims[-1], *dims[1:-1]]
     return dims
 
 
@@ -455,25 +465,26 @@ def evaluate_targets(report):
         judge("every case: keel >= 0.97x the fastest peer",
               [(label(c), c["keel_over_best"]) for c in plain],
               lambda v: v >= BEST_PEER_TARGET),
-        judge("inference, f32, NHWC, large: >= 90% of the non-temporal copy roof",
+        judge("inference, f32, channels last, large: >= 90% of the non-temporal copy roof",
               [(label(c), keel_fraction(c, "nontemporal")) for c in where(
                   lambda c: c["mode"] == "inference" and c["dtype"] == "f32"
-                  and c["layout"] == "nhwc" and case_size(c, llc) == "large")],
+                  and channels_last(c["layout"]) and case_size(c, llc) == "large")],
               lambda v: v >= 0.90),
-        judge("NCHW: >= 3x oneDNN-direct",
-              [(label(c), c["keel_over_onednn"]) for c in where(lambda c: c["layout"] == "nchw")],
+        judge("channels first (NCHW, NCW, NCDHW): >= 3x oneDNN-direct",
+              [(label(c), c["keel_over_onednn"])
+               for c in where(lambda c: channels_first(c["layout"]))],
               lambda v: v >= 3.0),
-        judge("NCHW: >= 80% of the roof",
+        judge("channels first: >= 80% of the roof",
               [(label(c), keel_fraction(c)) for c in where(
-                  lambda c: c["layout"] == "nchw" and case_size(c, llc) != "tiny")],
+                  lambda c: channels_first(c["layout"]) and case_size(c, llc) != "tiny")],
               lambda v: v >= 0.80),
-        judge("training, NHWC: >= 1.0x oneDNN-direct",
+        judge("training, channels last (NHWC, NWC, NDHWC): >= 1.0x oneDNN-direct",
               [(label(c), c["keel_over_onednn"]) for c in where(
-                  lambda c: c["mode"] == "training" and c["layout"] == "nhwc")],
+                  lambda c: c["mode"] == "training" and channels_last(c["layout"]))],
               lambda v: v >= 1.0),
-        judge("training, NHWC: >= 85% of the triad roof",
+        judge("training, channels last: >= 85% of the triad roof",
               [(label(c), keel_fraction(c)) for c in where(
-                  lambda c: c["mode"] == "training" and c["layout"] == "nhwc"
+                  lambda c: c["mode"] == "training" and channels_last(c["layout"])
                   and case_size(c, llc) != "tiny")],
               lambda v: v >= 0.85),
         judge("cache-resident: >= 1.5x oneDNN-direct",

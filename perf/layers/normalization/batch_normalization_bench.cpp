@@ -87,7 +87,7 @@ std::string_view dtype_label(DType dtype) { return dtype == DType::bf16 ? "bf16"
 
 struct Case {
     const BatchNormalizationShape* shape = nullptr;
-    Layout layout = Layout::nhwc;
+    Layout layout = Layout::channels_last;
     DType dtype = DType::f32;
     Mode mode = Mode::inference;
     int threads = 1;
@@ -95,7 +95,7 @@ struct Case {
     bool training() const { return mode != Mode::inference; }
     // The input data depends on these only, so modes, thread counts and peers share it.
     std::string data_key() const {
-        return shape_label(*shape) + "/" + std::string(layout_name(layout)) + "/" +
+        return shape_label(*shape) + "/" + layout_name(layout, *shape) + "/" +
                std::string(dtype_label(dtype));
     }
 };
@@ -469,16 +469,20 @@ void run_onednn(benchmark::State& state, const Case& spec) {
     dnnl::stream stream(engine);
 
     using tag = dnnl::memory::format_tag;
-    const std::vector<std::int64_t>& channels_last = spec.shape->channels_last;
-    dnnl::memory::dims dims;
-    tag layout_tag = tag::nc;
-    if (spec.layout == Layout::nc) {
-        dims = {channels_last[0], channels_last[1]};
-    } else {
-        // oneDNN's logical order is always N, C, H, W; the tag says how it lies in memory.
-        dims = {channels_last[0], channels_last[3], channels_last[1], channels_last[2]};
-        layout_tag = spec.layout == Layout::nhwc ? tag::nhwc : tag::nchw;
+    // oneDNN's logical order is always N, C, spatial...; the tag says how it lies in memory. A
+    // 3-D tensor goes in as 4-D with H = 1 (the same memory): oneDNN 2.6's JIT kernels take
+    // nhwc, while nwc falls back to its generic kernel, 10x slower.
+    dnnl::memory::dims dims = tensor_dims(*spec.shape, Layout::channels_first);
+    std::size_t rank = dims.size();
+    if (rank == 3) {
+        dims.insert(dims.begin() + 2, 1);
+        rank = 4;
     }
+    const std::map<std::string, tag> tags = {
+        {"nc", tag::nc},       {"nhwc", tag::nhwc},   {"nchw", tag::nchw},
+        {"ndhwc", tag::ndhwc}, {"ncdhw", tag::ncdhw},
+    };
+    const tag layout_tag = tags.at(layout_name(spec.layout, rank));
     const auto data_type =
         spec.dtype == DType::bf16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
     const dnnl::memory::desc data_desc(dims, data_type, layout_tag);
@@ -644,7 +648,8 @@ void run_torch(benchmark::State& state, const Case& spec) {
     const bool check = problem.unchecked(spec.mode, spec.threads, Peer::torch);
     const nlohmann::json request = {
         {"input", problem.raw_input_file().string()},
-        {"layout", layout_name(spec.layout)},
+        {"layout", layout_name(spec.layout, *spec.shape)},
+        {"channels_last", spec.layout == Layout::channels_last},
         {"dims", problem.dims()},
         {"dtype", dtype_label(spec.dtype)},
         {"training", spec.training()},
@@ -705,7 +710,7 @@ void register_batch_normalization_benchmarks(const BatchNormalizationShape& shap
         for (const DType dtype : {DType::f32, DType::bf16}) {
             std::vector<Mode> modes = {Mode::inference, Mode::training};
             // Custom paths once per shape, where the comparison with fused training is cleanest.
-            if (shape.custom_paths && layout == Layout::nhwc && dtype == DType::f32) {
+            if (shape.custom_paths && layout == Layout::channels_last && dtype == DType::f32) {
                 modes.insert(modes.end(), {Mode::renorm, Mode::virtual_batch, Mode::adjustment,
                                            Mode::multi_axis});
             }
@@ -718,7 +723,7 @@ void register_batch_normalization_benchmarks(const BatchNormalizationShape& shap
                             continue;
                         }
                         const std::string name = "batch_normalization/shape:" + shape_label(shape) +
-                                                 "/layout:" + std::string(layout_name(layout)) +
+                                                 "/layout:" + layout_name(layout, shape) +
                                                  "/dtype:" + std::string(dtype_label(dtype)) +
                                                  "/mode:" + std::string(mode_name(mode)) +
                                                  "/threads:" + std::to_string(threads) +

@@ -5,8 +5,9 @@ runs interleaved with keel, oneDNN and the loop, case by case, in the same minut
 it writes is a greeting: {"torch": version} or {"error": why} when PyTorch cannot be imported.
 
 A request names a raw input file written by keel_perf and the case:
-  {"input": path, "layout": "nhwc"|"nchw"|"nc", "dims": [...], "dtype": "f32"|"bf16",
-   "training": bool, "threads": n, "iterations": k, "check": bool, "epsilon": e, "momentum": m,
+  {"input": path, "layout": "nhwc"|"nchw"|"ncdhw"|"nc"|..., "channels_last": bool, "dims": [...],
+   "dtype": "f32"|"bf16", "training": bool, "threads": n, "iterations": k, "check": bool,
+   "epsilon": e, "momentum": m,
    "gamma": [...], "beta": [...], "moving_mean": [...], "moving_variance": [...]}
 `dims` are the tensor's dimensions in memory order. The reply is {"seconds": total time of k
 calls} plus, when "check" is set, "sum": sum(y) and "sum_squares": sum(y^2), with which keel_perf
@@ -51,10 +52,12 @@ def input_tensor(request, loaded, numpy, torch):
         tensor = torch.from_numpy(raw.reshape(request["dims"]))
         if bf16:
             tensor = tensor.view(torch.bfloat16)
-        # PyTorch's dimension order is always [N, C, ...]; an nhwc tensor is an NCHW tensor with
-        # channels-last strides, which PyTorch's kernels treat as that memory format.
-        if request["layout"] == "nhwc":
-            tensor = tensor.permute(0, 3, 1, 2)
+        # PyTorch's dimension order is always [N, C, ...]; a channels-last tensor (nwc, nhwc,
+        # ndhwc) is an [N, C, ...] tensor with channels-last strides, which PyTorch's kernels
+        # treat as that memory format.
+        if request["channels_last"]:
+            rank = tensor.dim()
+            tensor = tensor.permute(0, rank - 1, *range(1, rank - 1))
         loaded[path] = tensor
     return loaded[path]
 
