@@ -1,5 +1,9 @@
 #include "engine/onednn/primitive_cache.hpp"
 
+#include <array>
+#include <bit>
+#include <charconv>
+#include <cstdint>
 #include <exception>
 #include <future>
 #include <string>
@@ -53,6 +57,39 @@ std::shared_ptr<const CachedPrimitive> PrimitiveCache::get_or_create(const std::
 std::size_t PrimitiveCache::size() const {
     std::lock_guard lock(mutex_);
     return entries_.size();
+}
+
+namespace {
+
+std::string float_bits(float value) {
+    std::array<char, 16> digits{};
+    const auto result = std::to_chars(digits.data(), digits.data() + digits.size(),
+                                      std::bit_cast<std::uint32_t>(value), 16);
+    return "0x" + std::string(digits.data(), result.ptr);
+}
+
+}  // namespace
+
+std::string post_ops_key(const dnnl::post_ops& post_ops, std::string_view where) {
+    std::string key;
+    for (int i = 0; i < post_ops.len(); ++i) {
+        float scale = 0.0f;
+        if (post_ops.kind(i) == dnnl::primitive::kind::sum) {
+            post_ops.get_params_sum(i, scale);
+            key += "sum(" + float_bits(scale) + ")";
+            continue;
+        }
+        if (post_ops.kind(i) != dnnl::primitive::kind::eltwise) {
+            throw internal_error(where, "a post-op other than sum or eltwise");
+        }
+        float alpha = 0.0f;
+        float beta = 0.0f;
+        dnnl::algorithm algorithm = dnnl::algorithm::undef;
+        post_ops.get_params_eltwise(i, scale, algorithm, alpha, beta);
+        key += "eltwise(" + std::to_string(static_cast<int>(algorithm)) + "," + float_bits(scale) +
+               "," + float_bits(alpha) + "," + float_bits(beta) + ")";
+    }
+    return key.empty() ? std::string("none") : key;
 }
 
 }  // namespace keel

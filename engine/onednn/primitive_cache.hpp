@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -37,5 +38,10 @@ class PrimitiveCache {
     std::unordered_map<std::string, std::shared_future<std::shared_ptr<const CachedPrimitive>>>
         pending_;
 };
+
+// Every field of `post_ops` for a cache key (kinds, algorithms, float parameters by their bits),
+// so that two primitives share an entry only when oneDNN would compute the same thing; "none" when
+// empty. Post-ops other than sum and eltwise are an internal error of `where`.
+std::string post_ops_key(const dnnl::post_ops& post_ops, std::string_view where);
 
 }  // namespace keel

@@ -1,9 +1,6 @@
 #include "layers/convolutional/convolution.hpp"
 
 #include <algorithm>
-#include <array>
-#include <bit>
-#include <charconv>
 #include <cstddef>
 #include <memory>
 #include <unordered_map>
@@ -16,6 +13,7 @@
 
 #include "engine/engine_state.hpp"
 #include "engine/onednn/memory_desc.hpp"
+#include "engine/onednn/primitive_cache.hpp"
 #include "engine/onednn/translate_error.hpp"
 #include "engine/threading.hpp"
 
@@ -226,38 +224,6 @@ std::string dims_text(const memory::dims& dims) {
     return text + "]";
 }
 
-std::string float_bits(float value) {
-    std::array<char, 16> digits{};
-    const auto result = std::to_chars(digits.data(), digits.data() + digits.size(),
-                                      std::bit_cast<std::uint32_t>(value), 16);
-    return "0x" + std::string(digits.data(), result.ptr);
-}
-
-// Every field of the post-ops, exactly (float parameters by their bits), so that two activations
-// never share a primitive.
-std::string post_ops_text(const dnnl::post_ops& post_ops, std::string_view where) {
-    std::string text;
-    for (int i = 0; i < post_ops.len(); ++i) {
-        if (post_ops.kind(i) == dnnl::primitive::kind::sum) {
-            float scale = 0.0f;
-            post_ops.get_params_sum(i, scale);
-            text += "sum(" + float_bits(scale) + ")";
-            continue;
-        }
-        if (post_ops.kind(i) != dnnl::primitive::kind::eltwise) {
-            throw internal_error(where, "a convolution post-op other than sum or eltwise");
-        }
-        float scale = 0.0f;
-        float alpha = 0.0f;
-        float beta = 0.0f;
-        dnnl::algorithm algorithm = dnnl::algorithm::undef;
-        post_ops.get_params_eltwise(i, scale, algorithm, alpha, beta);
-        text += "eltwise(" + std::to_string(static_cast<int>(algorithm)) + "," + float_bits(scale) +
-                "," + float_bits(alpha) + "," + float_bits(beta) + ")";
-    }
-    return text.empty() ? std::string("none") : text;
-}
-
 // The oneDNN view of a problem. oneDNN's logical order is always (N, C, H, W); the tag says how
 // keel's buffer lays it out, so NHWC and NCHW activations are used in place.
 struct Descriptor {
@@ -330,7 +296,7 @@ Descriptor describe_problem(const ConvolutionProblem& problem, dnnl::post_ops po
     key += ";dilates=" + dims_text(descriptor.dilates);
     key += ";pad_l=" + dims_text(descriptor.padding_before);
     key += ";pad_r=" + dims_text(descriptor.padding_after);
-    key += ";post_ops=" + post_ops_text(descriptor.post_ops, where);
+    key += ";post_ops=" + post_ops_key(descriptor.post_ops, where);
     return descriptor;
 }
 

@@ -1,8 +1,5 @@
 #include "layers/core/dense/dense_compute.hpp"
 
-#include <array>
-#include <bit>
-#include <charconv>
 #include <cstdint>
 #include <string>
 #include <unordered_map>
@@ -16,6 +13,7 @@
 
 #include "engine/engine_state.hpp"
 #include "engine/onednn/memory_desc.hpp"
+#include "engine/onednn/primitive_cache.hpp"
 #include "engine/onednn/translate_error.hpp"
 #include "engine/threading.hpp"
 #include "layers/core/dense/dense_loop.hpp"
@@ -24,34 +22,6 @@ namespace keel::dense {
 namespace {
 
 using dnnl::memory;
-
-std::string float_bits(float value) {
-    std::array<char, 16> digits{};
-    const auto result = std::to_chars(digits.data(), digits.data() + digits.size(),
-                                      std::bit_cast<std::uint32_t>(value), 16);
-    return "0x" + std::string(digits.data(), result.ptr);
-}
-
-// The post-ops spelled field by field (kind, algorithm, scale, alpha, beta by their bits), so that
-// two primitives are shared only when oneDNN would compute the same thing.
-std::string post_ops_key(const dnnl::post_ops& post_ops) {
-    std::string key;
-    for (int i = 0; i < post_ops.len(); ++i) {
-        float scale = 0.0f;
-        if (post_ops.kind(i) == dnnl::primitive::kind::sum) {
-            post_ops.get_params_sum(i, scale);
-            key += "sum(" + float_bits(scale) + ")";
-            continue;
-        }
-        float alpha = 0.0f;
-        float beta = 0.0f;
-        dnnl::algorithm algorithm = dnnl::algorithm::undef;
-        post_ops.get_params_eltwise(i, scale, algorithm, alpha, beta);
-        key += "eltwise(" + std::to_string(static_cast<int>(algorithm)) + "," + float_bits(scale) +
-               "," + float_bits(alpha) + "," + float_bits(beta) + ")";
-    }
-    return key.empty() ? "none" : key;
-}
 
 // The matmul x[rows, in] · kernel[in, units] (+ bias[1, units]) → y[rows, units], all plain
 // row-major. Keras' kernel layout (in, units) is exactly oneDNN's plain `ab` weights for
@@ -84,7 +54,7 @@ struct MatmulDescriptor {
                std::to_string(in) + "," + std::to_string(units) + "]ab;bias=" +
                (use_bias ? "[1," + std::to_string(units) + "]ab" : std::string("none")) + ";dst=[" +
                std::to_string(rows) + "," + std::to_string(units) +
-               "]ab;post_ops=" + post_ops_key(post_ops) + ";scratchpad=user";
+               "]ab;post_ops=" + post_ops_key(post_ops, "Dense") + ";scratchpad=user";
     }
 };
 
