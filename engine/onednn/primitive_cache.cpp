@@ -7,8 +7,13 @@
 #include <exception>
 #include <future>
 #include <string>
+#include <utility>
 
 #include <keel/engine/error.hpp>
+
+#include "engine/engine_state.hpp"
+#include "engine/onednn/memory_desc.hpp"
+#include "engine/threading.hpp"
 
 namespace keel {
 
@@ -69,6 +74,20 @@ std::string float_bits(float value) {
 }
 
 }  // namespace
+
+void execute_cached(const Engine& engine, const CachedPrimitive& entry,
+                    std::unordered_map<int, dnnl::memory> arguments) {
+    const dnnl::engine& cpu = engine.state().cpu;
+    const std::size_t scratchpad_bytes = entry.scratchpad.get_size();
+    if (scratchpad_bytes > 0) {
+        arguments.emplace(DNNL_ARG_SCRATCHPAD,
+                          wrap_memory(cpu, entry.scratchpad, thread_scratch(scratchpad_bytes)));
+    }
+    const OneDnnThreadScope thread_scope(operation_threads(engine));
+    dnnl::stream stream(cpu);
+    entry.primitive.execute(stream, arguments);
+    stream.wait();
+}
 
 std::string post_ops_key(const dnnl::post_ops& post_ops, std::string_view where) {
     std::string key;

@@ -13,6 +13,8 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <keel/engine/engine.hpp>
+
 namespace keel {
 
 struct CachedPrimitive {
@@ -38,6 +40,11 @@ class PrimitiveCache {
     std::unordered_map<std::string, std::shared_future<std::shared_ptr<const CachedPrimitive>>>
         pending_;
 };
+
+// Executes `entry` on the engine's CPU with `arguments` plus its user-mode scratchpad (this
+// thread's scratch buffer), on the engine's intra-op thread count, and waits for it.
+void execute_cached(const Engine& engine, const CachedPrimitive& entry,
+                    std::unordered_map<int, dnnl::memory> arguments);
 
 // Every field of `post_ops` for a cache key (kinds, algorithms, float parameters by their bits),
 // so that two primitives share an entry only when oneDNN would compute the same thing; "none" when

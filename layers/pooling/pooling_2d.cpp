@@ -14,6 +14,7 @@
 
 #include "engine/engine_state.hpp"
 #include "engine/onednn/memory_desc.hpp"
+#include "engine/onednn/primitive_cache.hpp"
 #include "engine/onednn/translate_error.hpp"
 #include "engine/threading.hpp"
 #include "layers/keras/layer_arguments.hpp"
@@ -110,18 +111,9 @@ void run_onednn(const Engine& engine, const CachedPrimitive& entry, const Geomet
         const dnnl::engine& cpu = engine.state().cpu;
         const memory::desc source(source_dims(g), memory::data_type::f32, layout(g));
         const memory::desc destination(destination_dims(g), memory::data_type::f32, layout(g));
-        std::unordered_map<int, memory> arguments{
-            {DNNL_ARG_SRC, wrap_memory(cpu, source, input.data())},
-            {DNNL_ARG_DST, wrap_memory(cpu, destination, output.data())}};
-        const std::size_t scratchpad_bytes = entry.scratchpad.get_size();
-        if (scratchpad_bytes > 0) {
-            arguments.emplace(DNNL_ARG_SCRATCHPAD,
-                              wrap_memory(cpu, entry.scratchpad, thread_scratch(scratchpad_bytes)));
-        }
-        const OneDnnThreadScope thread_scope(operation_threads(engine));
-        dnnl::stream stream(cpu);
-        entry.primitive.execute(stream, arguments);
-        stream.wait();
+        execute_cached(engine, entry,
+                       {{DNNL_ARG_SRC, wrap_memory(cpu, source, input.data())},
+                        {DNNL_ARG_DST, wrap_memory(cpu, destination, output.data())}});
     });
 }
 

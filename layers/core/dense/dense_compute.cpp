@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 #include <spdlog/spdlog.h>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -94,15 +95,7 @@ void run_matmul(const Engine& engine, const CachedPrimitive& entry,
     };
     if (descriptor.use_bias)
         arguments.emplace(DNNL_ARG_BIAS, wrap_memory(cpu, descriptor.bias(), bias));
-    const std::size_t scratchpad_bytes = entry.scratchpad.get_size();
-    if (scratchpad_bytes > 0) {
-        arguments.emplace(DNNL_ARG_SCRATCHPAD,
-                          wrap_memory(cpu, entry.scratchpad, thread_scratch(scratchpad_bytes)));
-    }
-    const OneDnnThreadScope thread_scope(operation_threads(engine));
-    dnnl::stream stream(cpu);
-    entry.primitive.execute(stream, arguments);
-    stream.wait();
+    execute_cached(engine, entry, std::move(arguments));
 }
 
 }  // namespace
