@@ -583,20 +583,43 @@ void AccumulateRuns(DType dtype, const Runs& job) {
     visit_format(dtype, [&](auto format) { accumulate_runs<decltype(format)>(job); });
 }
 
-// values[i] ← 1 / √(values[i] + epsilon). Vectors give the scalar expression's bits: addition,
-// square root and division are each correctly rounded, and there is no product for the compiler
-// to fuse into a multiply-add.
-void InverseSquareRoots(double* values, std::int64_t count, double epsilon) {
+// inverse[i] ← 1 / √(f64(f32(variance[i])) + epsilon). Vectors give the scalar expression's
+// bits: addition, square root and division are each correctly rounded, and there is no product
+// for the compiler to fuse into a multiply-add. The rounding to f32 is a plain cast (vectorized by
+// the compiler for this target): Highway's DemoteTo saturates on some targets, where a cast of a
+// variance beyond f32's range gives infinity.
+void InverseSquareRoots(const double* variance, double* inverse, std::int64_t count,
+                        double epsilon) {
+    for (std::int64_t i = 0; i < count; ++i) {
+        inverse[i] = static_cast<double>(static_cast<float>(variance[i]));
+    }
     const hn::ScalableTag<double> dd;
     const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(dd));
     const auto one = hn::Set(dd, 1.0);
     const auto shift = hn::Set(dd, epsilon);
     std::int64_t i = 0;
     for (; i + lanes <= count; i += lanes) {
-        hn::StoreU(hn::Div(one, hn::Sqrt(hn::Add(hn::LoadU(dd, values + i), shift))), dd,
-                   values + i);
+        hn::StoreU(hn::Div(one, hn::Sqrt(hn::Add(hn::LoadU(dd, inverse + i), shift))), dd,
+                   inverse + i);
     }
-    for (; i < count; ++i) values[i] = 1.0 / std::sqrt(values[i] + epsilon);
+    for (; i < count; ++i) inverse[i] = 1.0 / std::sqrt(inverse[i] + epsilon);
+}
+
+// mean[i] ← source_mean[i] and variance[i] ← m2[i] / count[i] (correctly rounded divisions,
+// the scalar expression's bits).
+void FinishMoments(const double* count, const double* source_mean, const double* m2, double* mean,
+                   double* variance, std::int64_t size) {
+    const hn::ScalableTag<double> dd;
+    const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(dd));
+    std::int64_t i = 0;
+    for (; i + lanes <= size; i += lanes) {
+        hn::StoreU(hn::LoadU(dd, source_mean + i), dd, mean + i);
+        hn::StoreU(hn::Div(hn::LoadU(dd, m2 + i), hn::LoadU(dd, count + i)), dd, variance + i);
+    }
+    for (; i < size; ++i) {
+        mean[i] = source_mean[i];
+        variance[i] = m2[i] / count[i];
+    }
 }
 
 }  // namespace HWY_NAMESPACE
@@ -615,6 +638,7 @@ HWY_EXPORT(AccumulateRuns);
 HWY_EXPORT(FoldColumns);
 HWY_EXPORT(MergeColumns);
 HWY_EXPORT(InverseSquareRoots);
+HWY_EXPORT(FinishMoments);
 HWY_EXPORT(KernelTargetName);
 
 namespace {
@@ -768,6 +792,13 @@ struct Accumulators {
         std::fill(mean + begin, mean + end, 0.0);
         std::fill(m2 + begin, m2 + end, 0.0);
     }
+    // mean[i] and variance[i] (biased) of entries [begin, end).
+    void finish(std::int64_t begin, std::int64_t end, double* mean_out,
+                double* variance_out) const {
+        HWY_DYNAMIC_DISPATCH(FinishMoments)
+        (count + begin, mean + begin, m2 + begin, mean_out + begin, variance_out + begin,
+         end - begin);
+    }
     // Merges entries [begin, begin + length) of `partial` into this one's entries from `target`.
     void merge(std::int64_t target, const Accumulators& partial, std::int64_t begin,
                std::int64_t length) const {
@@ -807,8 +838,13 @@ struct MatrixSchedule {
 
     std::int64_t tiles() const { return static_cast<std::int64_t>(tile_begin.size()) - 1; }
     std::int64_t items() const { return group_blocks * chunks * tiles(); }
+    // One partial result per statistic, at the statistic's own index: the items then accumulate
+    // into the statistics themselves, and neither clearing the statistics nor the final merge (a
+    // copy into empty accumulators) is needed. With the scalar final loop they took over a
+    // quarter of compute_moments on [1, 28, 28, 256] with axis [1, 3] (7168 statistics).
+    bool direct() const { return chunks == 1 && pack == 1; }
     std::int64_t partial_count(const Prefix& prefix) const {
-        return prefix.groups * chunks * partials_per_chunk;
+        return direct() ? 0 : prefix.groups * chunks * partials_per_chunk;
     }
 };
 
@@ -862,13 +898,24 @@ MatrixSchedule schedule_matrix(const Decomposition& d) {
 
     if (all_groups) {
         // Too few items to share among threads: split the groups into blocks, each item keeping
-        // at least kParallelGrainElements.
+        // at least kParallelGrainElements. Items run group block by group block, so an even count
+        // of equal blocks gives two threads equal halves even when the row chunks are uneven or
+        // odd in number ([32, 56, 56, 64] with axis [1, 3]: 7 chunks of 280, ..., 280, 112 rows,
+        // which two threads could only share 4:3). The blocks only regroup the items: every
+        // partial result, hence every bit of the statistics, stays.
         const std::int64_t row_items = schedule.chunks * schedule.tiles();
         const std::int64_t elements = groups * schedule.group_rows * width;
-        const std::int64_t max_blocks =
-            std::max<std::int64_t>(1, elements / (kParallelGrainElements * row_items));
-        const std::int64_t blocks = std::clamp<std::int64_t>(ceil_div(kMinItems, row_items), 1,
-                                                             std::min(groups, max_blocks));
+        const std::int64_t max_blocks = std::min(
+            groups, std::max<std::int64_t>(1, elements / (kParallelGrainElements * row_items)));
+        const std::int64_t least_blocks =
+            std::clamp<std::int64_t>(ceil_div(kMinItems, row_items), 1, max_blocks);
+        std::int64_t blocks = least_blocks;
+        for (std::int64_t b = least_blocks; b <= max_blocks; ++b) {
+            if (groups % b == 0 && row_items * b % 2 == 0) {
+                blocks = b;
+                break;
+            }
+        }
         schedule.groups_per_item = ceil_div(groups, blocks);
     }
     schedule.group_blocks = ceil_div(d.prefix.groups, schedule.groups_per_item);
@@ -890,7 +937,10 @@ struct RunSchedule {
     std::int64_t items = 0;
     std::vector<std::int64_t> partial_begin;  // items + 1 entries
 
-    std::int64_t partial_count() const { return partial_begin.back(); }
+    // Each unit a whole statistic: item i's partial results are its statistics, at their own
+    // indices, so items accumulate into the statistics themselves (see MatrixSchedule::direct).
+    bool direct() const { return units_per_statistic == 1; }
+    std::int64_t partial_count() const { return direct() ? 0 : partial_begin.back(); }
 };
 
 RunSchedule schedule_runs(const Decomposition& d) {
@@ -922,9 +972,12 @@ RunSchedule schedule_runs(const Decomposition& d) {
     return schedule;
 }
 
+// Direct schedules finish each statistic into `mean` and `variance` in the item that reduced it,
+// in parallel and while its accumulators are in cache; the others leave that to the caller.
 void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& d,
-                    const MatrixSchedule& schedule, const Accumulators& partial,
-                    const Accumulators& statistics) {
+                    const MatrixSchedule& schedule, const Accumulators& partial_storage,
+                    const Accumulators& statistics, double* mean_out, double* variance_out) {
+    const Accumulators& partial = schedule.direct() ? statistics : partial_storage;
     const DType dtype = x.dtype();
     const std::size_t element_size = dtype_size(dtype);
     const auto* data = static_cast<const std::byte*>(x.data());
@@ -1001,6 +1054,12 @@ void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& 
                                       x.get(leftover_first + c), 0.0);
                     }
                 });
+            if (schedule.direct()) {
+                for (std::int64_t group = group_begin; group < group_end; ++group) {
+                    const std::int64_t base = chunk_base(group, chunk) + column_begin;
+                    statistics.finish(base, base + columns, mean_out, variance_out);
+                }
+            }
             return;
         }
 
@@ -1038,12 +1097,17 @@ void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& 
             (&count[i], &mean[i], &m2[i], column_divisor, &partial.count[target],
              &partial.mean[target], &partial.m2[target]);
         }
+        if (schedule.direct()) {
+            statistics.finish(first_target, first_target + columns / column_divisor, mean_out,
+                              variance_out);
+        }
     };
     const std::int64_t items = schedule.items();
     parallel_for(engine, items, item_grain(x.element_count(), items),
                  [&](std::int64_t begin, std::int64_t end) {
                      for (std::int64_t item = begin; item < end; ++item) run_item(item);
                  });
+    if (schedule.direct()) return;
 
     // Merge the partial results into the statistics, always in the same order, by column blocks
     // of each group.
@@ -1069,8 +1133,9 @@ void matrix_moments(const Engine& engine, const Tensor& x, const Decomposition& 
 }
 
 void run_moments(const Engine& engine, const Tensor& x, const Decomposition& d,
-                 const RunSchedule& schedule, const Accumulators& partial,
-                 const Accumulators& statistics) {
+                 const RunSchedule& schedule, const Accumulators& partial_storage,
+                 const Accumulators& statistics, double* mean_out, double* variance_out) {
+    const Accumulators& partial = schedule.direct() ? statistics : partial_storage;
     const DType dtype = x.dtype();
     const std::size_t element_size = dtype_size(dtype);
     const auto* data = static_cast<const std::byte*>(x.data());
@@ -1107,6 +1172,8 @@ void run_moments(const Engine& engine, const Tensor& x, const Decomposition& d,
                              partial.mean + i, partial.m2 + i});
                 s += span;
             }
+            // Direct: the item's statistics are [first, last).
+            statistics.finish(first, last, mean_out, variance_out);
             return;
         }
 
@@ -1150,6 +1217,7 @@ void run_moments(const Engine& engine, const Tensor& x, const Decomposition& d,
                  [&](std::int64_t begin, std::int64_t end) {
                      for (std::int64_t item = begin; item < end; ++item) run_item(item);
                  });
+    if (schedule.direct()) return;
 
     for (std::int64_t item = 0; item < items; ++item) {
         const std::int64_t begin = partial_begin[static_cast<std::size_t>(item)];
@@ -1174,6 +1242,7 @@ struct MomentsSchedule {
     MatrixSchedule matrix;  // when !decomposition.runs
     RunSchedule run;        // when decomposition.runs
     std::int64_t partial_count = 0;
+    bool direct = false;  // the items accumulate into the statistics (no partial results)
 };
 
 MomentsPlan::MomentsPlan(const ReductionGeometry& geometry) : geometry_(geometry) {
@@ -1184,9 +1253,11 @@ MomentsPlan::MomentsPlan(const ReductionGeometry& geometry) : geometry_(geometry
     if (d.runs) {
         schedule->run = schedule_runs(d);
         schedule->partial_count = schedule->run.partial_count();
+        schedule->direct = schedule->run.direct();
     } else {
         schedule->matrix = schedule_matrix(d);
         schedule->partial_count = schedule->matrix.partial_count(d.prefix);
+        schedule->direct = schedule->matrix.direct();
     }
     schedule_ = std::move(schedule);
 }
@@ -1220,19 +1291,19 @@ void compute_moments(const Engine& engine, const Tensor& x, const MomentsPlan& p
     double* storage = workspace.storage.data();
     const Accumulators statistics = Accumulators::take(storage, geometry.statistic_count);
     const Accumulators partial = Accumulators::take(storage, schedule->partial_count);
-    // The statistics start empty: the partial results merge into them (Chan's formula). Each work
-    // item clears its own partial results.
-    statistics.clear(0, geometry.statistic_count);
+    // Each work item clears its own partial results. Otherwise the statistics start empty: the
+    // partial results merge into them (Chan's formula).
+    if (!schedule->direct) statistics.clear(0, geometry.statistic_count);
 
     const Decomposition& d = schedule->decomposition;
     if (d.runs) {
-        run_moments(engine, x, d, schedule->run, partial, statistics);
+        run_moments(engine, x, d, schedule->run, partial, statistics, mean.data(), variance.data());
     } else {
-        matrix_moments(engine, x, d, schedule->matrix, partial, statistics);
+        matrix_moments(engine, x, d, schedule->matrix, partial, statistics, mean.data(),
+                       variance.data());
     }
-    for (std::size_t s = 0; s < statistic_count; ++s) {
-        mean[s] = statistics.mean[s];
-        variance[s] = statistics.m2[s] / statistics.count[s];
+    if (!schedule->direct) {
+        statistics.finish(0, geometry.statistic_count, mean.data(), variance.data());
     }
 }
 
@@ -1254,11 +1325,9 @@ void inverse_standard_deviations(std::span<const double> variance, float epsilon
         throw shape_mismatch(kWhere, "inverse", std::to_string(inverse.size()) + " values",
                              std::to_string(variance.size()) + " (one per variance)");
     }
-    for (std::size_t i = 0; i < variance.size(); ++i) {
-        inverse[i] = static_cast<double>(static_cast<float>(variance[i]));
-    }
     HWY_DYNAMIC_DISPATCH(InverseSquareRoots)
-    (inverse.data(), static_cast<std::int64_t>(inverse.size()), static_cast<double>(epsilon));
+    (variance.data(), inverse.data(), static_cast<std::int64_t>(inverse.size()),
+     static_cast<double>(epsilon));
 }
 
 std::int64_t moments_partial_results(const ReductionGeometry& geometry) {

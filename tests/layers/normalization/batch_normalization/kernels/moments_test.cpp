@@ -187,9 +187,12 @@ TEST(Moments, LongRunsAreSplitAcrossItems) {
 
 TEST(Moments, MultiAxisGeometriesMatchTheReference) {
     check_cases({
-        {{3, 5, 7, 16}, {1, 3}},     // NHWC axis [1, 3]: [R K R K]
-        {{40, 5, 30, 16}, {1, 3}},   // two row chunks of 20 whole samples, every H in each item
-        {{4, 40, 30, 64}, {1, 3}},   // one row chunk: the 40 groups split into 4 items of 10
+        {{3, 5, 7, 16}, {1, 3}},    // NHWC axis [1, 3]: [R K R K]
+        {{40, 5, 30, 16}, {1, 3}},  // two row chunks of 20 whole samples, every H in each item
+        {{4, 40, 30, 64}, {1, 3}},  // one row chunk: the 40 groups split into 4 items of 10
+        // Five row chunks of 12 samples (an odd count) and 16 groups: two blocks of 8 groups,
+        // an even count of items, so that two threads get equal halves.
+        {{60, 16, 20, 64}, {1, 3}},
         {{2, 4, 17, 3}, {1, 3}},     // narrow inner channels: packing inside each (n, h)
         {{2, 3, 100, 33}, {1, 3}},   // tails on every target
         {{2, 3, 5, 7}, {1, 3}},      // NCHW axis [1, 3]
@@ -318,7 +321,8 @@ TEST(Moments, ResultsDoNotDependOnTheThreadCount) {
                                                            {{8, 512, 7, 7}, {1}},
                                                            {{64, 256, 7, 7}, {1}},
                                                            {{4, 40, 30, 64}, {1, 3}},
-                                                           {{12, 28, 28, 64}, {1, 3}}}) {
+                                                           {{12, 28, 28, 64}, {1, 3}},
+                                                           {{60, 16, 20, 64}, {1, 3}}}) {
         SCOPED_TRACE(describe(c));
         const Tensor x = random_tensor(c.shape, DType::f32, 7, -1.0F, 5.0F);
         const ReductionGeometry geometry = make_geometry(c.shape, c.kept_axes);
