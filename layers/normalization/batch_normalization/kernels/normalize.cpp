@@ -8,6 +8,10 @@
 // whose period is a multiple of every target's vector (3 channels: a 48-element table), reduced
 // runs shorter than a vector get their coefficients expanded over two dimensions, and per-sample
 // adjustments ([N, 1, 1, C], [N, C, 1, 1]) move the row's base pointers, never the inner loop.
+// Plain passes (no adjustment) go further: channels-last rows keep blocks of coefficients in
+// registers across many periods, short channels-first rows are taken Lanes rows at a time with
+// per-lane coefficients, and bf16 data (with AVX512_BF16) goes through as pairs of vectors split
+// into even and odd elements, which needs no cross-lane shuffle to widen.
 // Outputs too large to stay in the last-level cache next to the input are written with
 // non-temporal stores.
 
@@ -26,6 +30,7 @@
 #include <cstdint>
 #include <numeric>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <keel/engine/error.hpp>
@@ -196,20 +201,224 @@ HWY_INLINE void normalize_segment(const typename In::Storage* x, typename Out::S
     }
 }
 
-// Positions [begin, end) of one row, in segments that each stay within one operand period.
+// A statistic's coefficients as vectors: one value per lane (channels-last blocks, row groups) or
+// one value broadcast (channels-first rows).
+struct CoefficientVecs {
+    FloatVec mean_hi;
+    FloatVec mean_lo;
+    FloatVec scale;
+    FloatVec shift;
+};
+
+// The same arithmetic as normalize_vector without an adjustment, on coefficients in registers.
+template <bool kRelu, bool kMeanLo>
+HWY_INLINE FloatVec normalize_value(FloatVec v, const CoefficientVecs& c) {
+    FloatVec t = hn::Sub(v, c.mean_hi);
+    if constexpr (kMeanLo) t = hn::Sub(t, c.mean_lo);
+    FloatVec u = hn::MulAdd(t, c.scale, c.shift);
+    if constexpr (kRelu) u = hn::Max(hn::Zero(FloatTag()), u);
+    return u;
+}
+
+template <bool kMeanLo>
+HWY_INLINE CoefficientVecs load_coefficients(const RowOperands& op, std::int64_t j) {
+    const FloatTag df;
+    return {hn::LoadU(df, op.mean_hi + j), kMeanLo ? hn::LoadU(df, op.mean_lo + j) : hn::Zero(df),
+            hn::LoadU(df, op.scale + j), hn::LoadU(df, op.shift + j)};
+}
+
+// Coefficient vectors a channels-last block keeps in registers while it walks a tile of periods:
+// four operands of four vectors fill half of AVX-512's 32 registers; the other x86 targets have
+// 16. Re-reading the coefficients for every vector (three or four loads beside the one of x) made
+// the pass load-bound: [8, 28, 28, 256] took 1.5x a copy, with the registers 1.1x.
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+constexpr std::size_t kBlockVectors = 4;
+#else
+constexpr std::size_t kBlockVectors = 2;
+#endif
+// Periods are walked in tiles of at most 4 KiB of input, each tile once per block of coefficients:
+// within a tile no load is a multiple of 4 KiB away from a recent store to y, which the CPU would
+// take for the same address (4K aliasing) when x and y lie alike modulo 4 KiB, as tensors of one
+// size do.
+constexpr std::int64_t kTileBytes = 4096;
+
+// The passes that get the register-blocked and grouped kernels: f32 and bf16 data, and the fused
+// ReLU only with exact means (inference). The rest (f16, ReLU with split means) take the general
+// row loop, which computes the same values: every variant is compiled for every target, and this
+// bounds the file's compile time.
+template <class In, bool kRelu, bool kMeanLo>
+inline constexpr bool kBlockedPasses = !std::is_same_v<In, F16Format> && !(kRelu && kMeanLo);
+
+// Columns [j, j + kVectors · Lanes) of `periods` consecutive periods from `start`.
+template <std::size_t kVectors, class In, class Out, bool kRelu, bool kMeanLo, bool kStream>
+HWY_INLINE void normalize_block(const typename In::Storage* x, typename Out::Storage* y,
+                                std::int64_t start, std::int64_t j, std::int64_t periods,
+                                std::int64_t period, const RowOperands& op) {
+    const FloatTag df;
+    const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(df));
+    CoefficientVecs coefficients[kVectors];
+    for (std::size_t w = 0; w < kVectors; ++w) {
+        coefficients[w] = load_coefficients<kMeanLo>(op, j + static_cast<std::int64_t>(w) * lanes);
+    }
+    for (std::int64_t p = 0; p < periods; ++p) {
+        const std::int64_t base = start + p * period + j;
+        for (std::size_t w = 0; w < kVectors; ++w) {
+            const std::int64_t at = base + static_cast<std::int64_t>(w) * lanes;
+            const FloatVec u =
+                normalize_value<kRelu, kMeanLo>(load_as_f32<In>(df, x + at), coefficients[w]);
+            store_output<Out, kStream>(df, u, y + at);
+        }
+    }
+}
+
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+// bf16 in, bf16 out with VCVTNE2PS2BF16: elements go through the pass as pairs of vectors (see
+// load_bf16_pair), the even and odd elements each with their own coefficients.
+template <class In, class Out>
+inline constexpr bool kPairs = (std::is_same_v<In, Bf16Format> &&
+                                std::is_same_v<Out, Bf16HardwareFormat>);
+
+template <bool kRelu, bool kMeanLo, bool kStream>
+HWY_INLINE void normalize_pair(const std::uint16_t* x, std::uint16_t* y,
+                               const CoefficientVecs& even, const CoefficientVecs& odd) {
+    FloatVec even_values, odd_values;
+    load_bf16_pair(x, even_values, odd_values);
+    const WordVec bits = narrow_bf16_pair(normalize_value<kRelu, kMeanLo>(even_values, even),
+                                          normalize_value<kRelu, kMeanLo>(odd_values, odd));
+    const WordTag du32;
+    auto* destination = reinterpret_cast<std::uint32_t*>(y);
+    if constexpr (kStream) {
+        if ((reinterpret_cast<std::uintptr_t>(y) & (sizeof(WordVec) - 1)) == 0) {
+            hn::Stream(bits, du32, destination);
+            return;
+        }
+    }
+    hn::StoreU(bits, du32, destination);
+}
+
+// As normalize_block, in pairs, with `op` in pair order (see interleave_for_pairs).
+template <std::size_t kPairCount, bool kRelu, bool kMeanLo, bool kStream>
+HWY_INLINE void normalize_pair_block(const std::uint16_t* x, std::uint16_t* y, std::int64_t start,
+                                     std::int64_t j, std::int64_t periods, std::int64_t period,
+                                     const RowOperands& op) {
+    const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(FloatTag()));
+    CoefficientVecs even[kPairCount], odd[kPairCount];
+    for (std::size_t q = 0; q < kPairCount; ++q) {
+        const std::int64_t at = j + 2 * static_cast<std::int64_t>(q) * lanes;
+        even[q] = load_coefficients<kMeanLo>(op, at);
+        odd[q] = load_coefficients<kMeanLo>(op, at + lanes);
+    }
+    for (std::int64_t p = 0; p < periods; ++p) {
+        const std::int64_t base = start + p * period + j;
+        for (std::size_t q = 0; q < kPairCount; ++q) {
+            const std::int64_t at = base + 2 * static_cast<std::int64_t>(q) * lanes;
+            normalize_pair<kRelu, kMeanLo, kStream>(x + at, y + at, even[q], odd[q]);
+        }
+    }
+}
+#endif
+
+// `periods` whole periods of a plain channels-last row from `start` (a period's first position),
+// column block by column block within tiles of periods. `pairs`, when not null, holds the
+// coefficient arrays in pair order for the bf16 pair kernel (period a multiple of a pair).
+template <class In, class Out, bool kRelu, bool kMeanLo, bool kStream>
+HWY_INLINE void normalize_periods(const typename In::Storage* x, typename Out::Storage* y,
+                                  std::int64_t start, std::int64_t periods, std::int64_t period,
+                                  const RowOperands& op, const RowOperands* pairs) {
+    const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(FloatTag()));
+    const std::int64_t block = static_cast<std::int64_t>(kBlockVectors) * lanes;
+    const std::int64_t period_bytes = period * static_cast<std::int64_t>(sizeof(*x));
+    const std::int64_t tile = std::max<std::int64_t>(1, kTileBytes / period_bytes);
+    for (std::int64_t first = 0; first < periods; first += tile) {
+        const std::int64_t count = std::min(tile, periods - first);
+        const std::int64_t tile_start = start + first * period;
+        std::int64_t j = 0;
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+        if constexpr (kPairs<In, Out>) {
+            if (pairs != nullptr) {
+                for (; j + 4 * lanes <= period; j += 4 * lanes) {
+                    normalize_pair_block<2, kRelu, kMeanLo, kStream>(x, y, tile_start, j, count,
+                                                                     period, *pairs);
+                }
+                for (; j < period; j += 2 * lanes) {
+                    normalize_pair_block<1, kRelu, kMeanLo, kStream>(x, y, tile_start, j, count,
+                                                                     period, *pairs);
+                }
+            }
+        }
+#else
+        (void)pairs;
+#endif
+        for (; j + block <= period; j += block) {
+            normalize_block<kBlockVectors, In, Out, kRelu, kMeanLo, kStream>(x, y, tile_start, j,
+                                                                             count, period, op);
+        }
+        // Narrow periods in as few blocks as possible: a period of two vectors in one pass.
+        if constexpr (kBlockVectors > 2) {
+            for (; j + 2 * lanes <= period; j += 2 * lanes) {
+                normalize_block<2, In, Out, kRelu, kMeanLo, kStream>(x, y, tile_start, j, count,
+                                                                     period, op);
+            }
+        }
+        for (; j < period; j += lanes) {
+            normalize_block<1, In, Out, kRelu, kMeanLo, kStream>(x, y, tile_start, j, count, period,
+                                                                 op);
+        }
+    }
+}
+
+// Positions [begin, end) of one row. Plain passes with array operands whose period is whole
+// vectors run their whole periods through normalize_periods; the rest goes in segments that each
+// stay within one operand period. `pairs` as for normalize_periods.
 template <class In, class Out, bool kStatisticArrays, AdjustmentMode kAdjustment, bool kRelu,
           bool kMeanLo, bool kStream>
 HWY_INLINE void normalize_row_span(const typename In::Storage* x, typename Out::Storage* y,
                                    std::int64_t begin, std::int64_t end, std::int64_t period,
-                                   bool may_rewrite, const RowOperands& op) {
+                                   bool may_rewrite, const RowOperands& op,
+                                   const RowOperands* pairs = nullptr) {
     if (period == 0) {
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+        if constexpr (kPairs<In, Out> && kAdjustment == AdjustmentMode::none) {
+            // One value per row: the pairs need no reordered coefficients.
+            const FloatTag df;
+            const CoefficientVecs scalars{hn::Set(df, op.mean_hi_value),
+                                          hn::Set(df, op.mean_lo_value),
+                                          hn::Set(df, op.scale_value), hn::Set(df, op.shift_value)};
+            const std::int64_t width = 2 * static_cast<std::int64_t>(hn::Lanes(df));
+            for (; begin + width <= end; begin += width) {
+                normalize_pair<kRelu, true, kStream>(x + begin, y + begin, scalars, scalars);
+            }
+            if (begin == end) return;
+        }
+#endif
         normalize_segment<In, Out, kStatisticArrays, kAdjustment, kRelu, kMeanLo, kStream>(
             x, y, begin, 0, end - begin, may_rewrite, op);
         return;
     }
+    std::int64_t position = begin;
     // Only the first segment can start inside a period.
     std::int64_t j = begin % period;
-    for (std::int64_t position = begin; position < end; j = 0) {
+    if constexpr (kStatisticArrays && kAdjustment == AdjustmentMode::none &&
+                  kBlockedPasses<In, kRelu, kMeanLo>) {
+        if (period % static_cast<std::int64_t>(hn::Lanes(FloatTag())) == 0) {
+            if (j != 0) {
+                const std::int64_t length = std::min(period - j, end - position);
+                normalize_segment<In, Out, kStatisticArrays, kAdjustment, kRelu, kMeanLo, kStream>(
+                    x, y, position, j, length, may_rewrite, op);
+                position += length;
+                j = 0;
+            }
+            const std::int64_t periods = (end - position) / period;
+            if (periods > 0) {
+                // A local copy, as in normalize_segment.
+                const RowOperands local = op;
+                normalize_periods<In, Out, kRelu, kMeanLo, kStream>(x, y, position, periods, period,
+                                                                    local, pairs);
+                position += periods * period;
+            }
+        }
+    }
+    for (; position < end; j = 0) {
         const std::int64_t length = std::min(period - j, end - position);
         normalize_segment<In, Out, kStatisticArrays, kAdjustment, kRelu, kMeanLo, kStream>(
             x, y, position, j, length, may_rewrite, op);
@@ -341,13 +550,268 @@ class OperandResolver {
     std::int64_t built_bias_base_ = -1;
 };
 
+// The statistic index of consecutive rows, from the plan's outer dimensions.
+class StatisticOdometer {
+  public:
+    StatisticOdometer(const NormalizePlan& plan, std::int64_t row) : plan_(plan) {
+        for (int k = plan.outer_rank; k-- > 0;) {
+            index_[k] = row % plan.outer_size[k];
+            row /= plan.outer_size[k];
+            base_ += index_[k] * plan.statistic.outer_stride[k];
+        }
+    }
+
+    // The current row's statistic index; then moves to the next row.
+    std::int64_t next() {
+        const std::int64_t current = base_;
+        for (int k = plan_.outer_rank; k-- > 0;) {
+            base_ += plan_.statistic.outer_stride[k];
+            if (++index_[k] < plan_.outer_size[k]) break;
+            index_[k] = 0;
+            base_ -= plan_.outer_size[k] * plan_.statistic.outer_stride[k];
+        }
+        return current;
+    }
+
+    // Whether the next `count` rows have consecutive statistic indices from the current one
+    // (channels-first data, within one sample): then their coefficients are read as vectors.
+    bool consecutive(std::int64_t count) const {
+        const int k = plan_.outer_rank - 1;
+        return k >= 0 && plan_.statistic.outer_stride[k] == 1 &&
+               index_[k] + count <= plan_.outer_size[k];
+    }
+
+    // After consecutive(count): the current index, moving past those rows.
+    std::int64_t skip(std::int64_t count) {
+        const int k = plan_.outer_rank - 1;
+        const std::int64_t current = base_;
+        base_ += count - 1;
+        index_[k] += count - 1;
+        next();
+        return current;
+    }
+
+  private:
+    const NormalizePlan& plan_;
+    std::int64_t index_[kMaxRank] = {};
+    std::int64_t base_ = 0;
+};
+
+// Rows shorter than this with one value per row (channels-first data with a small spatial extent,
+// such as [64, 512, 7, 7]) are normalized Lanes rows at a time (normalize_row_groups). Longer rows
+// pay too little per row to gain from it, and their lane tables (row_length · Lanes indices) stop
+// fitting in L1 beside the data: measured on AVX-512, rows of 49 went 1.3x faster grouped (2x
+// within keel's row loop), rows of 100 as fast either way, rows of 196 1.3x slower.
+constexpr std::int64_t kMaxGroupedRowLength = 128;
+
+std::vector<std::int32_t>& lane_row_storage() {
+    thread_local std::vector<std::int32_t> storage;
+    return storage;
+}
+
+// The coefficients of the odometer's next `count` rows, one row per array element.
+HWY_INLINE void gather_row_coefficients(const NormalizePlan& plan, StatisticOdometer& statistics,
+                                        std::int64_t count, float* mean_hi, float* mean_lo,
+                                        float* scale, float* shift) {
+    for (std::int64_t l = 0; l < count; ++l) {
+        const std::int64_t s = statistics.next();
+        mean_hi[l] = plan.mean_hi[s];
+        mean_lo[l] = plan.mean_lo[s];
+        scale[l] = plan.scale[s];
+        shift[l] = plan.shift[s];
+    }
+}
+
+// The coefficients of the odometer's next Lanes rows, one row per lane.
+HWY_INLINE CoefficientVecs row_coefficients(const NormalizePlan& plan,
+                                            StatisticOdometer& statistics) {
+    const FloatTag df;
+    const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(df));
+    if (statistics.consecutive(lanes)) {
+        const std::int64_t s = statistics.skip(lanes);
+        return {hn::LoadU(df, plan.mean_hi + s), hn::LoadU(df, plan.mean_lo + s),
+                hn::LoadU(df, plan.scale + s), hn::LoadU(df, plan.shift + s)};
+    }
+    HWY_ALIGN float mean_hi[hn::MaxLanes(FloatTag())];
+    HWY_ALIGN float mean_lo[hn::MaxLanes(FloatTag())];
+    HWY_ALIGN float scale[hn::MaxLanes(FloatTag())];
+    HWY_ALIGN float shift[hn::MaxLanes(FloatTag())];
+    gather_row_coefficients(plan, statistics, lanes, mean_hi, mean_lo, scale, shift);
+    return {hn::Load(df, mean_hi), hn::Load(df, mean_lo), hn::Load(df, scale), hn::Load(df, shift)};
+}
+
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+// normalize_row_groups for bf16 pairs: 2 · Lanes rows at a time, row_length pairs, each lane
+// taking its row's coefficients from the two vectors holding the group's.
+template <bool kRelu, bool kMeanLo, bool kStream>
+std::int64_t normalize_row_pair_groups(const NormalizePlan& plan, StatisticOdometer& statistics,
+                                       std::int64_t row, std::int64_t row_end) {
+    const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(FloatTag()));
+    const std::int64_t length = plan.row_length;
+    const std::int64_t rows = 2 * lanes;
+    // For pair v: the rows of its even elements (v · 2 · Lanes + 2 · i), then of its odd ones.
+    std::vector<std::int32_t>& lane_rows = lane_row_storage();
+    lane_rows.resize(static_cast<std::size_t>(length * rows));
+    for (std::int64_t v = 0; v < length; ++v) {
+        for (std::int64_t i = 0; i < lanes; ++i) {
+            const std::int64_t element = v * rows + 2 * i;
+            lane_rows[static_cast<std::size_t>(v * rows + i)] =
+                static_cast<std::int32_t>(element / length);
+            lane_rows[static_cast<std::size_t>(v * rows + lanes + i)] =
+                static_cast<std::int32_t>((element + 1) / length);
+        }
+    }
+    // Read once: the thread-local vector's address would be looked up again for every group.
+    const std::int32_t* const lane_table = lane_rows.data();
+    const auto* x = static_cast<const std::uint16_t*>(plan.x);
+    auto* y = static_cast<std::uint16_t*>(plan.y);
+    for (; row + rows <= row_end; row += rows) {
+        const CoefficientVecs low = row_coefficients(plan, statistics);
+        const CoefficientVecs high = row_coefficients(plan, statistics);
+        auto select = [](FloatVec first, __m512i indices, FloatVec second) {
+            return FloatVec{_mm512_permutex2var_ps(first.raw, indices, second.raw)};
+        };
+        auto lookup = [&](__m512i indices) {
+            return CoefficientVecs{
+                select(low.mean_hi, indices, high.mean_hi),
+                kMeanLo ? select(low.mean_lo, indices, high.mean_lo) : low.mean_lo,
+                select(low.scale, indices, high.scale), select(low.shift, indices, high.shift)};
+        };
+        const std::int64_t start = row * length;
+        for (std::int64_t v = 0; v < length; ++v) {
+            const std::int32_t* indices = lane_table + v * rows;
+            const CoefficientVecs even = lookup(_mm512_loadu_si512(indices));
+            const CoefficientVecs odd = lookup(_mm512_loadu_si512(indices + lanes));
+            const std::int64_t at = start + v * rows;
+            normalize_pair<kRelu, kMeanLo, kStream>(x + at, y + at, even, odd);
+        }
+    }
+    return row;
+}
+#endif
+
+// Rows [row_begin, row_end) of a plain pass with one value of each coefficient per row, Lanes rows
+// at a time: those rows are row_length whole vectors, and each lane takes its row's coefficients
+// from vectors holding the group's (a table lookup), so no row has a partial vector of its own and
+// the per-row work is four scalar loads at most. Rows left over go through normalize_row_span.
+template <class In, class Out, bool kRelu, bool kMeanLo, bool kStream>
+void normalize_row_groups(const NormalizePlan& plan, std::int64_t row_begin, std::int64_t row_end) {
+    const FloatTag df;
+    const hn::RebindToSigned<FloatTag> di32;
+    const auto* x = static_cast<const typename In::Storage*>(plan.x);
+    auto* y = static_cast<typename Out::Storage*>(plan.y);
+    const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(df));
+    const std::int64_t length = plan.row_length;
+    StatisticOdometer statistics(plan, row_begin);
+    std::int64_t row = row_begin;
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+    if constexpr (kPairs<In, Out>) {
+        row = normalize_row_pair_groups<kRelu, kMeanLo, kStream>(plan, statistics, row, row_end);
+    } else
+#endif
+    {
+        // Lane l of a group's vector v holds element v · Lanes + l of the group: row
+        // (v · Lanes + l) / row_length.
+        std::vector<std::int32_t>& lane_rows = lane_row_storage();
+        lane_rows.resize(static_cast<std::size_t>(length * lanes));
+        for (std::int64_t e = 0; e < length * lanes; ++e) {
+            lane_rows[static_cast<std::size_t>(e)] = static_cast<std::int32_t>(e / length);
+        }
+        // Read once: the thread-local vector's address would be looked up again for every group.
+        const std::int32_t* const lane_table = lane_rows.data();
+        for (; row + lanes <= row_end; row += lanes) {
+            const CoefficientVecs group = row_coefficients(plan, statistics);
+            const auto* group_x = x + row * length;
+            auto* group_y = y + row * length;
+            for (std::int64_t v = 0; v < length; ++v) {
+                const auto lane_row =
+                    hn::IndicesFromVec(df, hn::LoadU(di32, lane_table + v * lanes));
+                CoefficientVecs coefficients{hn::TableLookupLanes(group.mean_hi, lane_row),
+                                             group.mean_lo,
+                                             hn::TableLookupLanes(group.scale, lane_row),
+                                             hn::TableLookupLanes(group.shift, lane_row)};
+                if constexpr (kMeanLo) {
+                    coefficients.mean_lo = hn::TableLookupLanes(group.mean_lo, lane_row);
+                }
+                const std::int64_t at = v * lanes;
+                const FloatVec u = normalize_value<kRelu, kMeanLo>(
+                    load_as_f32<In>(df, group_x + at), coefficients);
+                store_output<Out, kStream>(df, u, group_y + at);
+            }
+        }
+    }
+    for (; row < row_end; ++row) {
+        const std::int64_t s = statistics.next();
+        RowOperands op;
+        op.mean_hi_value = plan.mean_hi[s];
+        op.mean_lo_value = plan.mean_lo[s];
+        op.scale_value = plan.scale[s];
+        op.shift_value = plan.shift[s];
+        normalize_row_span<In, Out, false, AdjustmentMode::none, kRelu, true, kStream>(
+            x + row * length, y + row * length, 0, length, 0, plan.may_rewrite_outputs, op);
+    }
+}
+
+// Per-thread storage for coefficient arrays in pair order.
+std::vector<float>& pair_table_storage() {
+    thread_local std::vector<float> storage;
+    return storage;
+}
+
+// Copies the array operands of `op` (one period each) into `pairs`, reordered for the bf16 pair
+// kernel: within each block of two vectors, first the even positions, then the odd ones.
+void interleave_for_pairs(const RowOperands& op, std::int64_t period, std::int64_t lanes,
+                          RowOperands& pairs) {
+    std::vector<float>& storage = pair_table_storage();
+    const std::size_t size = static_cast<std::size_t>(period);
+    if (storage.size() < 4 * size) storage.resize(4 * size);
+    const float* sources[4] = {op.mean_hi, op.mean_lo, op.scale, op.shift};
+    const float** arrays[4] = {&pairs.mean_hi, &pairs.mean_lo, &pairs.scale, &pairs.shift};
+    pairs = op;
+    for (std::size_t i = 0; i < 4; ++i) {
+        if (sources[i] == nullptr) continue;
+        float* destination = storage.data() + i * size;
+        for (std::int64_t block = 0; block < period; block += 2 * lanes) {
+            for (std::int64_t l = 0; l < lanes; ++l) {
+                destination[block + l] = sources[i][block + 2 * l];
+                destination[block + lanes + l] = sources[i][block + 2 * l + 1];
+            }
+        }
+        *arrays[i] = destination;
+    }
+}
+
 template <class In, class Out, bool kStatisticArrays, AdjustmentMode kAdjustment, bool kRelu,
           bool kStream>
 void normalize_units(const NormalizePlan& plan, const NormalizeVariant& variant,
                      std::int64_t unit_begin, std::int64_t unit_end) {
+    if constexpr (!kStatisticArrays && kAdjustment == AdjustmentMode::none &&
+                  kBlockedPasses<In, kRelu, false>) {
+        if (plan.period == 0 && plan.chunks_per_row == 1 &&
+            plan.row_length < kMaxGroupedRowLength &&
+            (variant.exact_f32_means || kBlockedPasses<In, kRelu, true>)) {
+            if (variant.exact_f32_means) {
+                normalize_row_groups<In, Out, kRelu, false, kStream>(plan, unit_begin, unit_end);
+            } else if constexpr (kBlockedPasses<In, kRelu, true>) {
+                normalize_row_groups<In, Out, kRelu, true, kStream>(plan, unit_begin, unit_end);
+            }
+            if constexpr (kStream) hwy::FlushStream();
+            return;
+        }
+    }
     const auto* x = static_cast<const typename In::Storage*>(plan.x);
     auto* y = static_cast<typename Out::Storage*>(plan.y);
     OperandResolver resolver(plan, variant);
+    // The bf16 pair kernel wants channels-last coefficients reordered; worth it from a few periods.
+    bool pair_order = false;
+    RowOperands pairs;
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+    if constexpr (kPairs<In, Out> && kStatisticArrays && kAdjustment == AdjustmentMode::none) {
+        const std::int64_t pair_width = 2 * static_cast<std::int64_t>(hn::Lanes(FloatTag()));
+        pair_order = plan.period % pair_width == 0 && plan.row_length >= 4 * plan.period;
+    }
+#endif
+    const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(FloatTag()));
     const std::int64_t chunks_per_row = plan.chunks_per_row;
 
     // Odometer over the outer dimensions, started at the first unit's row.
@@ -365,6 +829,7 @@ void normalize_units(const NormalizePlan& plan, const NormalizeVariant& variant,
 
     RowOperands op;
     resolver.resolve(statistic_base, scale_base, bias_base, op);
+    if (pair_order) interleave_for_pairs(op, plan.period, lanes, pairs);
     for (std::int64_t unit = unit_begin; unit < unit_end; ++unit) {
         // Rows of one chunk (the common case: short rows) need no division.
         const std::int64_t unit_row = chunks_per_row == 1 ? unit : unit / chunks_per_row;
@@ -382,18 +847,20 @@ void normalize_units(const NormalizePlan& plan, const NormalizeVariant& variant,
                 bias_base -= plan.outer_size[k] * plan.adjustment_bias.outer_stride[k];
             }
             resolver.resolve(statistic_base, scale_base, bias_base, op);
+            if (pair_order) interleave_for_pairs(op, plan.period, lanes, pairs);
         }
         const std::int64_t begin = chunk * plan.chunk_length;
         const std::int64_t end = std::min(plan.row_length, begin + plan.chunk_length);
         const std::int64_t row_start = row * plan.row_length;
+        const RowOperands* pair_operands = pair_order ? &pairs : nullptr;
         if (kStatisticArrays && op.mean_lo == nullptr) {
             normalize_row_span<In, Out, kStatisticArrays, kAdjustment, kRelu, false, kStream>(
-                x + row_start, y + row_start, begin, end, plan.period, plan.may_rewrite_outputs,
-                op);
+                x + row_start, y + row_start, begin, end, plan.period, plan.may_rewrite_outputs, op,
+                pair_operands);
         } else {
             normalize_row_span<In, Out, kStatisticArrays, kAdjustment, kRelu, true, kStream>(
-                x + row_start, y + row_start, begin, end, plan.period, plan.may_rewrite_outputs,
-                op);
+                x + row_start, y + row_start, begin, end, plan.period, plan.may_rewrite_outputs, op,
+                pair_operands);
         }
     }
     if constexpr (kStream) hwy::FlushStream();
@@ -640,8 +1107,10 @@ NormalizePlan make_plan(const Tensor& x, const ReductionGeometry& geometry,
         middle != nullptr && middle->statistic == 0 && middle->scale == 0 && middle->bias == 0;
     if (middle_broadcasts) {
         // Every operand repeats along the middle dimension (channels-last rows): one long row of
-        // period `inner`, replicated up to a whole number of vectors when the rows are narrow.
-        const std::int64_t packed = std::lcm(inner.size, kMaxLanes);
+        // period `inner`, replicated up to a whole number of vectors when the rows are narrow (of
+        // bf16 pairs, two vectors, for 16-bit data).
+        const std::int64_t vector_elements = x.dtype() == DType::f32 ? kMaxLanes : 2 * kMaxLanes;
+        const std::int64_t packed = std::lcm(inner.size, vector_elements);
         plan.period = packed <= kMaxPackedWidth ? packed : inner.size;
         plan.row_length = middle_size * inner.size;
         plan.inner_length = inner.size;

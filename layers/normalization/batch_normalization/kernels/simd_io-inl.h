@@ -108,6 +108,21 @@ HWY_INLINE FloatVec load_as_f32(FloatTag df, const typename Format::Storage* sou
 }
 
 using NarrowVec = hn::Vec<hn::Rebind<std::uint16_t, FloatTag>>;
+using WordTag = hn::RebindToUnsigned<FloatTag>;
+using WordVec = hn::Vec<WordTag>;
+
+// `value` rounded to bf16, in the upper half of each 32-bit lane (the lower half is not
+// meaningful). Highway 1.0.3's DemoteTo to bf16 truncates; keel rounds to nearest even: add 0x7FFF
+// plus the lowest kept bit. NaN keeps its sign and upper payload and becomes quiet (the carry
+// could otherwise turn it into an infinity or flip the sign).
+HWY_INLINE WordVec bf16_in_upper_half(FloatVec value) {
+    const WordTag du32;
+    const auto bits = hn::BitCast(du32, value);
+    const auto bias =
+        hn::Add(hn::And(hn::ShiftRight<16>(bits), hn::Set(du32, 1)), hn::Set(du32, 0x7FFF));
+    const auto quiet_nan = hn::Or(bits, hn::Set(du32, 0x00400000));
+    return hn::IfThenElse(hn::RebindMask(du32, hn::IsNaN(value)), quiet_nan, hn::Add(bits, bias));
+}
 
 // The 16-bit storage vector of a rounded f32 vector (bf16 or, with F16C, f16 bits).
 template <class Format>
@@ -132,20 +147,9 @@ HWY_INLINE NarrowVec narrow_from_f32(FloatVec value) {
     } else
 #endif
         if constexpr (kBf16Output<Format>) {
-        // Highway 1.0.3's DemoteTo to bf16 truncates; keel rounds to nearest even: add 0x7FFF plus
-        // the lowest kept bit, then drop the low half. NaN keeps its sign and upper payload and
-        // becomes quiet (the carry could otherwise turn it into an infinity or flip the sign).
-        const hn::RebindToUnsigned<FloatTag> du32;
         const hn::RebindToSigned<FloatTag> di32;
-        const auto bits = hn::BitCast(du32, value);
-        const auto upper = hn::ShiftRight<16>(bits);
-        const auto bias = hn::Add(hn::And(upper, hn::Set(du32, 1)), hn::Set(du32, 0x7FFF));
-        const auto rounded = hn::ShiftRight<16>(hn::Add(bits, bias));
-        const auto quiet_nan = hn::Or(upper, hn::Set(du32, 0x0040));
-        const auto result =
-            hn::IfThenElse(hn::RebindMask(du32, hn::IsNaN(value)), quiet_nan, rounded);
         // Every lane holds a value below 2^16, so the saturating demotion only narrows.
-        return hn::DemoteTo(du16, hn::BitCast(di32, result));
+        return hn::DemoteTo(du16, hn::BitCast(di32, hn::ShiftRight<16>(bf16_in_upper_half(value))));
     } else {
         static_assert(std::is_same_v<Format, F16Format> && kHardwareF16);
         // VCVTPS2PH with imm8 = 0 rounds to nearest even, as keel does.
@@ -169,6 +173,42 @@ HWY_INLINE void store_from_f32(FloatTag df, FloatVec value, typename Format::Sto
             destination[i] = float_to_f16_bits(lanes[i]);
     }
 }
+
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+// bf16 pairs: 2 · Lanes consecutive bf16 elements as two f32 vectors, `even` holding elements
+// 0, 2, 4, ... and `odd` elements 1, 3, 5, .... Each 32-bit lane of the loaded bytes holds one
+// element of each, so widening is a shift and a mask, without vpmovzxwd's cross-lane shuffle
+// (which made bf16 passes compute-bound on AVX-512 CPUs that execute it as two 256-bit halves).
+HWY_INLINE void load_bf16_pair(const std::uint16_t* source, FloatVec& even, FloatVec& odd) {
+    const FloatTag df;
+    const WordTag du32;
+    const auto words = hn::LoadU(du32, reinterpret_cast<const std::uint32_t*>(source));
+    even = hn::BitCast(df, hn::ShiftLeft<16>(words));
+    odd = hn::BitCast(df, hn::And(words, hn::Set(du32, 0xFFFF0000u)));
+}
+
+// The bf16 bits of a pair, interleaved back into element order (the inverse of load_bf16_pair),
+// rounded as narrow_from_f32<Bf16HardwareFormat> rounds: VCVTNE2PS2BF16 rounds both vectors in
+// one instruction and one word permutation restores the order; a pair holding an f32 subnormal
+// (which the instruction reads as zero) takes the exact integer path instead.
+HWY_INLINE WordVec narrow_bf16_pair(FloatVec even, FloatVec odd) {
+    const WordTag du32;
+    const __mmask16 subnormal = static_cast<__mmask16>(_mm512_fpclass_ps_mask(even.raw, 0x20) |
+                                                       _mm512_fpclass_ps_mask(odd.raw, 0x20));
+    if (HWY_LIKELY(subnormal == 0)) {
+        // Words 0-15 are the rounded even elements, words 16-31 the odd ones.
+        __m512i halves;
+        asm("vcvtne2ps2bf16 %2, %1, %0" : "=v"(halves) : "v"(odd.raw), "v"(even.raw));
+        alignas(64) static constexpr std::uint16_t kInterleave[32] = {
+            0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+            8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+        const __m512i order = _mm512_load_si512(kInterleave);
+        return WordVec{_mm512_permutexvar_epi16(order, halves)};
+    }
+    return hn::Or(hn::ShiftRight<16>(bf16_in_upper_half(even)),
+                  hn::And(bf16_in_upper_half(odd), hn::Set(du32, 0xFFFF0000u)));
+}
+#endif
 
 // Whether stream_from_f32 writes with non-temporal stores on this target: only where the stored
 // vector fills at least 16 bytes (Highway's Stream writes 16 bytes even for narrower vectors).

@@ -1,6 +1,7 @@
 #include "layers/normalization/batch_normalization/kernels/normalize.hpp"
 
 #include <gtest/gtest.h>
+#include <hwy/detect_targets.h>
 
 #include <algorithm>
 #include <cmath>
@@ -341,6 +342,114 @@ TEST(Normalize, ConvertsExactlyAsTensorToDoes) {
                 } else {
                     EXPECT_EQ(y.get(e), narrow.get(e))
                         << dtype_name(x_dtype) << " on " << target_name(target);
+                }
+            }
+        }
+    }
+}
+
+// Every layout takes its own route through the kernel (channels-last periods with coefficients
+// held in registers, bf16 pairs, groups of short channels-first rows, long rows), and each must
+// compute exactly u = ((x − hi) − lo) · scale + shift in f32, fused where the target has FMA (AVX2
+// and up; Highway's MulAdd is a multiply and an add below), rounded once to the output format as
+// Tensor::to rounds: the comparison is bit for bit, with exact means (inference) and without.
+TEST(Normalize, EveryKernelPathComputesTheSameF32Arithmetic) {
+    std::uint32_t seed = 2100;
+    const std::vector<GeometryCase> cases = {
+        {{64, 256}, {1}},      // four-vector coefficient blocks over tiles of periods
+        {{300, 32}, {1}},      // two-vector blocks
+        {{100, 48}, {1}},      // a packed period (96 for bf16 pairs) and one-vector blocks
+        {{3, 70001}, {1}},     // chunks starting inside a period
+        {{3, 40, 49}, {1}},    // groups of channels-first rows, rows left over
+        {{2, 700, 7}, {1}},    // groups of rows shorter than a vector
+        {{2, 45, 100}, {1}},   // groups crossing from one sample to the next
+        {{2, 3, 1037}, {1}}};  // long rows: whole vectors (or pairs) and a tail
+    for (const GeometryCase& c : cases) {
+        for (const DType dtype : kDtypes) {
+            for (const bool exact_means : {true, false}) {
+                SCOPED_TRACE(describe(c) + " " + std::string(dtype_name(dtype)) +
+                             (exact_means ? " exact means" : " split means"));
+                Problem problem = make_problem(c, dtype, seed++, std::nullopt);
+                NormalizeCoefficients& k = problem.coefficients;
+                if (exact_means) std::fill(k.mean_lo.begin(), k.mean_lo.end(), 0.0F);
+                std::vector<float> fused(static_cast<std::size_t>(problem.x.element_count()));
+                std::vector<float> unfused(fused.size());
+                for (std::int64_t e = 0; e < problem.x.element_count(); ++e) {
+                    const std::size_t s = static_cast<std::size_t>(statistic_of(c, e));
+                    const float t = (problem.x.get(e) - k.mean_hi[s]) - k.mean_lo[s];
+                    const float product = t * k.scale[s];
+                    fused[static_cast<std::size_t>(e)] = std::fma(t, k.scale[s], k.shift[s]);
+                    unfused[static_cast<std::size_t>(e)] = product + k.shift[s];
+                }
+                const Tensor expected_fused = Tensor::from_floats(c.shape, fused).to(dtype);
+                const Tensor expected_unfused = Tensor::from_floats(c.shape, unfused).to(dtype);
+                for (const std::int64_t target : compiled_targets()) {
+                    const Tensor& expected = target <= HWY_AVX2 ? expected_fused : expected_unfused;
+                    TargetScope scope(target);
+                    for (const int threads : {1, 2}) {
+                        Tensor actual(c.shape, dtype);
+                        normalize(engine_with_threads(threads), problem.x, problem.geometry, k,
+                                  nullptr, actual);
+                        ASSERT_EQ(0,
+                                  std::memcmp(actual.data(), expected.data(), expected.byte_size()))
+                            << target_name(target) << ", " << threads << " thread(s)";
+                    }
+                }
+            }
+        }
+    }
+}
+
+// The 16-bit conversions (ties, overflow, f32 subnormals, which VCVTNE2PS2BF16 would read as zero,
+// NaN) on the routes ConvertsExactlyAsTensorToDoes does not take: channels-last periods (bf16 pairs
+// with per-lane coefficients), groups of channels-first rows and long rows of one statistic.
+TEST(Normalize, ConvertsExactlyOnEveryKernelPath) {
+    std::vector<float> values = {1.00390625F,
+                                 1.01171875F,
+                                 1.0039063F,
+                                 65519.99F,
+                                 65520.0F,
+                                 3.3895314e38F,
+                                 3e-8F,
+                                 1e-40F,
+                                 -1e-39F,
+                                 1.17549421e-38F /* largest subnormal */,
+                                 std::numeric_limits<float>::infinity(),
+                                 -std::numeric_limits<float>::quiet_NaN()};
+    std::mt19937 generator(5);
+    std::uniform_real_distribution<float> distribution(-100.0F, 100.0F);
+    while (values.size() < 96) values.push_back(distribution(generator));
+    const std::size_t statistics = values.size();
+    const std::int64_t channels = static_cast<std::int64_t>(statistics);
+    // x = 0 with shift = value makes the f32 result exactly the value.
+    const NormalizeCoefficients shift_only{std::vector<float>(statistics, 0.0F),
+                                           std::vector<float>(statistics, 0.0F),
+                                           std::vector<float>(statistics, 1.0F), values};
+    for (const GeometryCase& c : std::vector<GeometryCase>{
+             {{8, channels}, {1}}, {{1, channels, 100}, {1}}, {{1, channels, 1000}, {1}}}) {
+        const ReductionGeometry geometry = make_geometry(c.shape, c.kept_axes);
+        std::vector<float> expected_f32(static_cast<std::size_t>(element_count(c.shape)));
+        for (std::size_t e = 0; e < expected_f32.size(); ++e) {
+            expected_f32[e] =
+                values[static_cast<std::size_t>(statistic_of(c, static_cast<std::int64_t>(e)))];
+        }
+        for (const DType dtype : {DType::bf16, DType::f16}) {
+            SCOPED_TRACE(describe(c) + " " + std::string(dtype_name(dtype)));
+            const Tensor expected = Tensor::from_floats(c.shape, expected_f32).to(dtype);
+            const Tensor zeros(c.shape, dtype);
+            for (const std::int64_t target : compiled_targets()) {
+                TargetScope scope(target);
+                Tensor y(c.shape, dtype);
+                normalize(engine_with_threads(1), zeros, geometry, shift_only, nullptr, y);
+                for (std::int64_t e = 0; e < y.element_count(); ++e) {
+                    if (std::isnan(expected.get(e))) {
+                        ASSERT_TRUE(std::isnan(y.get(e))) << target_name(target);
+                    } else {
+                        ASSERT_EQ(y.data_as<std::uint16_t>()[e],
+                                  expected.data_as<std::uint16_t>()[e])
+                            << expected_f32[static_cast<std::size_t>(e)] << " on "
+                            << target_name(target);
+                    }
                 }
             }
         }
