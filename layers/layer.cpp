@@ -4,7 +4,10 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -87,6 +90,50 @@ void Layer::build(std::span<const Shape> input_shapes) {
     built_ = true;
 }
 
+namespace {
+
+// Lends Layer::call an update list for the duration of one call. The lists keep their capacity,
+// so a thread's training calls after its first stage their updates without growing one. A thread
+// normally needs one list; it makes another only when a call starts while an outer call on the
+// same thread still holds one (a thread waiting for a parallel loop may run another layer's call
+// meanwhile: TBB steals work).
+class UpdateListLease {
+  public:
+    UpdateListLease() {
+        Pool& pool = thread_pool();
+        if (pool.in_use == pool.lists.size()) {
+            pool.lists.push_back(std::make_unique<std::vector<VariableUpdate>>());
+        }
+        list_ = pool.lists[pool.in_use++].get();
+    }
+    // Leases nest (a call that started on this thread ends before the call it interrupted
+    // resumes), so the last one taken is the first one given back. Whatever the call staged, and
+    // did not commit because it failed, is released here.
+    ~UpdateListLease() {
+        list_->clear();
+        --thread_pool().in_use;
+    }
+    UpdateListLease(const UpdateListLease&) = delete;
+    UpdateListLease& operator=(const UpdateListLease&) = delete;
+
+    std::vector<VariableUpdate>& operator*() const noexcept { return *list_; }
+    std::vector<VariableUpdate>* operator->() const noexcept { return list_; }
+
+  private:
+    struct Pool {
+        std::vector<std::unique_ptr<std::vector<VariableUpdate>>> lists;
+        std::size_t in_use = 0;
+    };
+    static Pool& thread_pool() {
+        thread_local Pool pool;
+        return pool;
+    }
+
+    std::vector<VariableUpdate>* list_ = nullptr;
+};
+
+}  // namespace
+
 Tensor Layer::call(std::span<const Tensor> inputs, const CallOptions& options) {
     if (!built_) {
         std::vector<Shape> shapes;
@@ -94,10 +141,10 @@ Tensor Layer::call(std::span<const Tensor> inputs, const CallOptions& options) {
         build(shapes);
     }
     const VariableSnapshot snapshot = variables_snapshot();
-    std::vector<VariableUpdate> updates;
-    const ForwardContext context{inputs, *snapshot, options.training.value_or(false), updates};
+    const UpdateListLease updates;
+    const ForwardContext context{inputs, *snapshot, options.training.value_or(false), *updates};
     Tensor output = forward(context);
-    if (!updates.empty()) commit_updates(updates);
+    if (!updates->empty()) commit_own_updates(*updates);
     return output;
 }
 
@@ -164,30 +211,80 @@ void Layer::set_variable(std::string_view name, const Tensor& value) {
 
 namespace {
 
-Tensor moving_average(const Tensor& variable, const Tensor& value, float decay) {
-    Tensor result = Tensor::uninitialized(variable.shape(), DType::f32);
-    const float* v = variable.data_as<float>();
-    const float* x = value.data_as<float>();
-    float* out = result.data_as<float>();
-    for (std::int64_t i = 0; i < variable.element_count(); ++i) {
-        const float difference = v[i] - x[i];
+// v − (v − value)·decay, three f32 operations as TensorFlow does. `out` may be `value`: each
+// element is read before it is written.
+void moving_average(const float* v, const float* value, float decay, std::int64_t count,
+                    float* out) {
+    for (std::int64_t i = 0; i < count; ++i) {
+        const float difference = v[i] - value[i];
         const float delta = difference * decay;
         out[i] = v[i] - delta;
     }
+}
+
+// v·momentum + value·decay, three f32 operations. `out` may be `value`, as above.
+void momentum_blend(const float* v, const float* value, float momentum, float decay,
+                    std::int64_t count, float* out) {
+    for (std::int64_t i = 0; i < count; ++i) {
+        const float kept = v[i] * momentum;
+        const float added = value[i] * decay;
+        out[i] = kept + added;
+    }
+}
+
+// Writes to `out` the value a moving_average or momentum_blend `update` gives a variable whose
+// value before it is `variable`.
+void blend(const Tensor& variable, const VariableUpdate& update, float* out) {
+    const float* v = variable.data_as<float>();
+    const float* value = update.value.data_as<float>();
+    if (update.kind == VariableUpdate::Kind::moving_average) {
+        moving_average(v, value, update.decay, variable.element_count(), out);
+    } else {
+        momentum_blend(v, value, update.momentum, update.decay, variable.element_count(), out);
+    }
+}
+
+// The value `update` gives a variable whose value before it is `variable`. An update of a list the
+// caller lets this consume (Update not const) that holds its value privately hands that value's
+// storage over, the result computed in it; the update keeps a moved-from value.
+template <typename Update>
+Tensor updated_value(const Tensor& variable, Update& update) {
+    if constexpr (!std::is_const_v<Update>) {
+        if (update.value_is_private) {
+            if (update.kind != VariableUpdate::Kind::assign) {
+                blend(variable, update, update.value.template data_as<float>());
+            }
+            return std::move(update.value);
+        }
+    }
+    if (update.kind == VariableUpdate::Kind::assign) return update.value;
+    Tensor result = Tensor::uninitialized(variable.shape(), DType::f32);
+    blend(variable, update, result.data_as<float>());
     return result;
 }
 
-Tensor momentum_blend(const Tensor& variable, const Tensor& value, float momentum, float decay) {
-    Tensor result = Tensor::uninitialized(variable.shape(), DType::f32);
-    const float* v = variable.data_as<float>();
-    const float* x = value.data_as<float>();
-    float* out = result.data_as<float>();
-    for (std::int64_t i = 0; i < variable.element_count(); ++i) {
-        const float kept = v[i] * momentum;
-        const float added = x[i] * decay;
-        out[i] = kept + added;
+// The variables after `updates`, applied in list order to `current`: a variable that an update
+// names gets the value its updates give it (a private value of a consumed list without a copy),
+// the others are shared with `current`.
+template <typename Update>
+std::shared_ptr<std::vector<Tensor>> updated_values(const std::vector<Tensor>& current,
+                                                    std::span<Update> updates) {
+    auto next = std::make_shared<std::vector<Tensor>>();
+    next->reserve(current.size());
+    for (std::size_t index = 0; index < current.size(); ++index) {
+        std::optional<Tensor> value;
+        for (Update& update : updates) {
+            if (update.variable == index) {
+                value = updated_value(value ? *value : current[index], update);
+            }
+        }
+        if (value) {
+            next->push_back(std::move(*value));
+        } else {
+            next->push_back(current[index]);
+        }
     }
-    return result;
+    return next;
 }
 
 }  // namespace
@@ -197,37 +294,40 @@ void Layer::commit_updates(std::span<const VariableUpdate> updates) {
     publish_variables(prepare_updates(updates));
 }
 
+void Layer::commit_own_updates(std::span<VariableUpdate> updates) {
+    const std::unique_lock lock = lock_variables();
+    // Checked before anything is consumed; then only running out of memory can throw, which
+    // publishes nothing either.
+    const VariableSnapshot current = state_->current.load();
+    check_updates(updates, *current);
+    publish_variables(updated_values(*current, updates));
+}
+
 std::unique_lock<std::mutex> Layer::lock_variables() const {
     return std::unique_lock(state_->write_mutex);
 }
 
-VariableSnapshot Layer::prepare_updates(std::span<const VariableUpdate> updates) const {
-    auto next = std::make_shared<std::vector<Tensor>>(*state_->current.load());
+void Layer::check_updates(std::span<const VariableUpdate> updates,
+                          const std::vector<Tensor>& current) const {
     for (const VariableUpdate& update : updates) {
-        if (update.variable >= next->size()) {
+        if (update.variable >= current.size()) {
             throw internal_error(describe(), "staged update of variable #" +
                                                  std::to_string(update.variable) +
                                                  ", which does not exist");
         }
-        Tensor& target = (*next)[update.variable];
+        const Tensor& target = current[update.variable];
         if (update.value.shape() != target.shape() || update.value.dtype() != DType::f32) {
             throw internal_error(describe(), "staged update of variable '" +
                                                  state_->definitions[update.variable].name +
                                                  "' does not match its shape");
         }
-        switch (update.kind) {
-            case VariableUpdate::Kind::assign:
-                target = update.value;
-                break;
-            case VariableUpdate::Kind::moving_average:
-                target = moving_average(target, update.value, update.decay);
-                break;
-            case VariableUpdate::Kind::momentum_blend:
-                target = momentum_blend(target, update.value, update.momentum, update.decay);
-                break;
-        }
     }
-    return next;
+}
+
+VariableSnapshot Layer::prepare_updates(std::span<const VariableUpdate> updates) const {
+    const VariableSnapshot current = state_->current.load();
+    check_updates(updates, *current);
+    return updated_values(*current, updates);
 }
 
 void Layer::publish_variables(VariableSnapshot next) noexcept {

@@ -584,7 +584,8 @@ Tensor broadcastable_adjustment(const Tensor& value, const Shape& input_shape,
 
 // The updates a training call stages; committed only after the whole run succeeded. Each value
 // is a new f32 tensor of the parameter shape (the variable's next value, or what it moves
-// towards): with the output, the only memory a training call allocates.
+// towards): with the output, the only memory a training call allocates. Nothing else holds these
+// values, which lets Layer::call's commit compute the next variable values in their storage.
 class StagedUpdates {
   public:
     StagedUpdates(const Shape& shape, std::vector<VariableUpdate>& updates)
@@ -605,22 +606,24 @@ class StagedUpdates {
     }
 
     void assign(std::size_t variable, Tensor value) {
-        updates_.push_back({variable, VariableUpdate::Kind::assign, std::move(value), 0.0f});
+        stage(variable, VariableUpdate::Kind::assign, std::move(value), 0.0f, 0.0f);
     }
     void moving_average(std::size_t variable, Tensor value, float decay) {
-        updates_.push_back(
-            {variable, VariableUpdate::Kind::moving_average, std::move(value), decay});
+        stage(variable, VariableUpdate::Kind::moving_average, std::move(value), decay, 0.0f);
     }
     // v ← v·kept + value·added, three f32 operations.
     void momentum_blend(std::size_t variable, Tensor value, float kept, float added) {
-        VariableUpdate update{variable, VariableUpdate::Kind::momentum_blend, std::move(value),
-                              added};
-        update.momentum = kept;
-        updates_.push_back(std::move(update));
+        stage(variable, VariableUpdate::Kind::momentum_blend, std::move(value), added, kept);
     }
     void commit() noexcept { committed_ = true; }
 
   private:
+    // Every value comes from value() and is handed over here, so it is private to its update.
+    void stage(std::size_t variable, VariableUpdate::Kind kind, Tensor value, float decay,
+               float momentum) {
+        updates_.push_back(VariableUpdate{variable, kind, std::move(value), decay, momentum, true});
+    }
+
     const Shape& shape_;
     std::vector<VariableUpdate>& updates_;
     std::size_t first_;
@@ -1040,25 +1043,33 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
         adjustment->outer_scale.resize(statistics);
         adjustment->outer_shift.resize(statistics);
     }
-    // Statistic k = g·params + p (group-major).
-    for (std::size_t k = 0; k < statistics;) {
-        for (std::size_t p = 0; p < static_cast<std::size_t>(params); ++p, ++k) {
-            const double inverse = inverse_stddev[k];
-            if (adjustment_folds) {
-                const double scale = workspace->adjustment_scale[p];
-                const double bias = workspace->adjustment_bias[p];
-                coefficients.scale[k] = static_cast<float>(inverse * r[p] * scale * gamma[p]);
-                coefficients.shift[k] =
-                    static_cast<float>((d[p] * scale + bias) * gamma[p] + beta[p]);
-            } else if (adjustment) {
-                coefficients.scale[k] = static_cast<float>(inverse * r[p]);
-                coefficients.shift[k] = d[p];
-                adjustment->outer_scale[k] = gamma[p];
-                adjustment->outer_shift[k] = beta[p];
-            } else {
-                coefficients.scale[k] = static_cast<float>(inverse * r[p] * gamma[p]);
-                coefficients.shift[k] =
-                    static_cast<float>(static_cast<double>(d[p]) * gamma[p] + beta[p]);
+    // Statistic k = g·params + p (group-major). One branch-free loop per case and group, so that
+    // the compiler vectorizes the usual ones: this fixed cost of a call matters on tiny tensors.
+    const auto parameter_count = static_cast<std::size_t>(params);
+    for (std::size_t first = 0; first < statistics; first += parameter_count) {
+        const double* inverse = inverse_stddev.data() + first;
+        float* scale_out = coefficients.scale.data() + first;
+        float* shift_out = coefficients.shift.data() + first;
+        if (adjustment_folds) {
+            const float* adjustment_scale = workspace->adjustment_scale.data();
+            const float* adjustment_bias = workspace->adjustment_bias.data();
+            for (std::size_t p = 0; p < parameter_count; ++p) {
+                const double scale = adjustment_scale[p];
+                const double bias = adjustment_bias[p];
+                scale_out[p] = static_cast<float>(inverse[p] * r[p] * scale * gamma[p]);
+                shift_out[p] = static_cast<float>((d[p] * scale + bias) * gamma[p] + beta[p]);
+            }
+        } else if (adjustment) {
+            for (std::size_t p = 0; p < parameter_count; ++p) {
+                scale_out[p] = static_cast<float>(inverse[p] * r[p]);
+                shift_out[p] = d[p];
+            }
+            std::copy(gamma.begin(), gamma.end(), adjustment->outer_scale.begin() + first);
+            std::copy(beta.begin(), beta.end(), adjustment->outer_shift.begin() + first);
+        } else {
+            for (std::size_t p = 0; p < parameter_count; ++p) {
+                scale_out[p] = static_cast<float>(inverse[p] * r[p] * gamma[p]);
+                shift_out[p] = static_cast<float>(static_cast<double>(d[p]) * gamma[p] + beta[p]);
             }
         }
     }

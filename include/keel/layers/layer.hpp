@@ -37,13 +37,20 @@ struct VariableUpdate {
     enum class Kind {
         assign,          // v ← value
         moving_average,  // v ← v − (v − value)·decay, three f32 operations as TensorFlow does
-        momentum_blend,  // v ← v·momentum + value·decay, three f32 operations as Keras 3 does
+        // v ← v·momentum + value·decay, three f32 operations, as Keras 3 and tf_keras' fused
+        // kernel do
+        momentum_blend,
     };
     std::size_t variable = 0;  // index in creation order
     Kind kind = Kind::assign;
     Tensor value;  // f32, the variable's shape
     float decay = 0.0f;
     float momentum = 0.0f;  // momentum_blend only
+    // Whether `value`'s storage belongs to this update alone (the layer made it for this update
+    // and keeps no other handle on it). Layer::call, which owns its update list, then commits
+    // without new tensors: it computes the variable's next value in that storage and publishes
+    // it. Other commits treat the value as shared, as when this is false.
+    bool value_is_private = false;
 };
 
 // What a layer's forward() reads and where it puts what it produces besides its output.
@@ -166,6 +173,13 @@ class Layer {
   private:
     struct Definition;
     struct State;
+
+    // commit_updates for Layer::call's own list, whose private values it may consume.
+    void commit_own_updates(std::span<VariableUpdate> updates);
+    // Throws keel::Error (internal_error) unless every update names a variable of `current` and
+    // holds an f32 value of its shape.
+    void check_updates(std::span<const VariableUpdate> updates,
+                       const std::vector<Tensor>& current) const;
 
     std::string name_;
     bool trainable_;

@@ -1,6 +1,7 @@
 // BatchNormalization's allocation contract: once a built layer has served a shape (and, in
 // inference, a set of variable values), a call allocates nothing but its products — the output
-// tensor, and in training the staged updates' values and the room for them in the caller's list.
+// tensor, and in training the staged updates' values and the room for them in the caller's list
+// (Layer::call reuses its own list's room, and publishes the staged values as the next snapshot).
 //
 // This executable replaces the global operator new to count the allocations of the calling
 // thread, which is why it is a test binary of its own. The allowances are measured here, with
@@ -121,6 +122,16 @@ std::int64_t update_list_allocations(std::size_t count) {
     std::vector<VariableUpdate> updates;
     return allocations_during([&] {
         for (VariableUpdate& entry : entries) updates.push_back(std::move(entry));
+    });
+}
+
+// What publishing the next snapshot of `variables` costs when `updated` of them get new values:
+// the shared vector, and a copy of each of the others (a Tensor copy copies its shape).
+std::int64_t snapshot_allocations(const std::vector<Tensor>& variables, std::size_t updated) {
+    return allocations_during([&] {
+        auto next = std::make_shared<std::vector<Tensor>>();
+        next->reserve(variables.size());
+        for (std::size_t v = updated; v < variables.size(); ++v) next->push_back(variables[v]);
     });
 }
 
@@ -259,6 +270,29 @@ TEST_P(BatchNormalizationAllocations, TrainingAllocatesOnlyItsOutputAndUpdates) 
         const Counted counted = forward(true);
         EXPECT_EQ(counted.updates, first.updates);
         EXPECT_LE(counted.allocations, training_allowance(counted.updates)) << "call " << call + 2;
+    }
+}
+
+// Layer::call as a whole: besides forward()'s output and staged values, only the next snapshot.
+// Its update list keeps its room from call to call, and its commit computes the new moving
+// statistics in the staged values' storage instead of new tensors.
+TEST_P(BatchNormalizationAllocations, TrainingCallAllocatesOnlyItsProductsAndTheNextSnapshot) {
+    const CallOptions training{.training = true};
+    layer_.call(x_, training);  // plans this shape, sizes the thread's workspace and update list
+    constexpr std::size_t kUpdates = 2;  // moving_mean and moving_variance
+    const Shape parameter_shape = layer_.variable("moving_mean").shape();
+    const std::int64_t allowance =
+        output_allocations() +
+        static_cast<std::int64_t>(kUpdates) * tensor_allocations(parameter_shape, DType::f32) +
+        snapshot_allocations(*layer_.variables_snapshot(), kUpdates);
+    for (int call = 0; call < 3; ++call) {
+        const std::vector<float> mean_before = layer_.variable("moving_mean").to_floats();
+        const std::int64_t allocations = allocations_during([&] {
+            const Tensor y = layer_.call(x_, training);
+            EXPECT_EQ(y.shape(), x_.shape());
+        });
+        EXPECT_LE(allocations, allowance) << "call " << call + 2;
+        EXPECT_NE(layer_.variable("moving_mean").to_floats(), mean_before) << "call " << call + 2;
     }
 }
 

@@ -708,6 +708,100 @@ TEST(BatchNormalizationCall, FailedCallsChangeNoVariable) {
     EXPECT_EQ(values(layer.variable("moving_variance")), variance_before);
 }
 
+// Layer::call commits its own update list, computing the next moving statistics in the storage
+// of the values it staged; commit_updates (the graph runtime's way) leaves the list as it is and
+// makes new tensors. Both must publish the same bits, for every kind of update.
+TEST(BatchNormalizationCall, CallCommitsTheBitsCommitUpdatesDoes) {
+    struct Variant {
+        std::string name;
+        BatchNormalizationOptions options;
+    };
+    std::vector<Variant> variants;
+    auto add = [&](std::string name, auto&& configure) {
+        BatchNormalizationOptions options;
+        options.momentum = 0.7;  // far from 1, so every step moves the statistics visibly
+        configure(options);
+        variants.push_back({std::move(name), std::move(options)});
+    };
+    add("v2_fused", [](BatchNormalizationOptions&) {});
+    add("v2_generic", [](BatchNormalizationOptions& options) { options.fused = false; });
+    add("tf_keras_fused_blend", [](BatchNormalizationOptions& options) {
+        options.behavior = BatchNormalizationBehavior::tf_keras;
+    });
+    add("keras3_blend", [](BatchNormalizationOptions& options) {
+        options.behavior = BatchNormalizationBehavior::keras3;
+    });
+    add("renorm_assignments", [](BatchNormalizationOptions& options) {
+        options.renorm = true;
+        options.renorm_clipping = {{"rmax", 1.25}, {"dmax", 0.5}};
+    });
+    std::vector<float> data(3 * 2 * 2 * 5);
+    for (std::size_t i = 0; i < data.size(); ++i) {
+        data[i] = 0.37f * static_cast<float>((i * 13) % 17) - 2.5f + 0.01f * static_cast<float>(i);
+    }
+    const Tensor x = Tensor::from_floats({3, 2, 2, 5}, data);
+    for (const Variant& variant : variants) {
+        BatchNormalization by_call(variant.options);
+        BatchNormalization by_commit(variant.options);
+        by_call.build(x.shape());
+        by_commit.build(x.shape());
+        for (int step = 0; step < 3; ++step) {
+            const std::vector<float> y_call = values(by_call.call(x, {.training = true}));
+            const VariableSnapshot snapshot = by_commit.variables_snapshot();
+            std::vector<VariableUpdate> updates;
+            const ForwardContext context{std::span<const Tensor>(&x, 1), *snapshot, true, updates};
+            const std::vector<float> y_commit = values(by_commit.forward(context));
+            ASSERT_FALSE(updates.empty()) << variant.name;
+            for (const VariableUpdate& update : updates) {
+                EXPECT_TRUE(update.value_is_private) << variant.name;
+            }
+            std::vector<std::vector<float>> staged;
+            for (const VariableUpdate& update : updates) staged.push_back(values(update.value));
+            by_commit.commit_updates(updates);
+            // commit_updates reads the list without consuming it.
+            for (std::size_t u = 0; u < updates.size(); ++u) {
+                EXPECT_EQ(values(updates[u].value), staged[u]) << variant.name;
+            }
+            EXPECT_EQ(y_call, y_commit) << variant.name << ", step " << step;
+            for (const std::string& name : by_call.variable_names()) {
+                EXPECT_EQ(values(by_call.variable(name)), values(by_commit.variable(name)))
+                    << variant.name << ", step " << step << ", " << name;
+            }
+        }
+    }
+}
+
+// Training calls from several threads on one layer, all on the same batch: each commit moves the
+// moving statistics by the same function of their current value, so whatever order the commits
+// take, the result equals as many serial calls, provided no commit is lost or torn.
+TEST(BatchNormalizationCall, ConcurrentTrainingCallsCommitEveryUpdate) {
+    constexpr int kThreads = 4;
+    constexpr int kCallsPerThread = 40;
+    BatchNormalizationOptions options;
+    options.momentum = 0.9;
+    std::vector<float> data(2 * 4 * 4 * 8);
+    for (std::size_t i = 0; i < data.size(); ++i) {
+        data[i] = 0.25f * static_cast<float>((i * 7) % 19) - 1.5f;
+    }
+    const Tensor x = Tensor::from_floats({2, 4, 4, 8}, data);
+    BatchNormalization serial(options);
+    for (int call = 0; call < kThreads * kCallsPerThread; ++call) {
+        serial.call(x, {.training = true});
+    }
+    BatchNormalization shared(options);
+    shared.build(x.shape());
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&] {
+            for (int call = 0; call < kCallsPerThread; ++call) shared.call(x, {.training = true});
+        });
+    }
+    for (std::thread& thread : threads) thread.join();
+    EXPECT_EQ(values(shared.variable("moving_mean")), values(serial.variable("moving_mean")));
+    EXPECT_EQ(values(shared.variable("moving_variance")),
+              values(serial.variable("moving_variance")));
+}
+
 TEST(BatchNormalizationCall, BadAdjustmentShapeChangesNothing) {
     BatchNormalizationOptions options;
     options.adjustment = [](const Shape&) {
