@@ -604,9 +604,43 @@ class StatisticOdometer {
 // within keel's row loop), rows of 100 as fast either way, rows of 196 1.3x slower.
 constexpr std::int64_t kMaxGroupedRowLength = 128;
 
-std::vector<std::int32_t>& lane_row_storage() {
-    thread_local std::vector<std::int32_t> storage;
-    return storage;
+// Which row of a group each lane of its vectors belongs to, for groups of `rows` rows of `length`
+// elements: entry e is row e / length, except that with `pairs` each block of two vectors lists
+// the rows of its even elements first, then those of its odd ones (the bf16 pair kernel's order).
+// Built once per thread and geometry: rebuilt for every call, with a division per entry, it cost
+// tiny calls more than their arithmetic ([1, 64, 8, 8]: 1024 64-bit divisions).
+const std::int32_t* lane_row_table(std::int64_t length, std::int64_t rows, bool pairs) {
+    struct Table {
+        std::int64_t length = 0;
+        std::int64_t rows = 0;
+        bool pairs = false;
+        std::vector<std::int32_t> entries;
+    };
+    thread_local Table table;
+    if (table.length == length && table.rows == rows && table.pairs == pairs) {
+        return table.entries.data();
+    }
+    table.entries.resize(static_cast<std::size_t>(length * rows));
+    std::int32_t row = 0;
+    std::int64_t column = 0;
+    const std::int64_t half = rows / 2;
+    for (std::int64_t e = 0; e < length * rows; ++e) {
+        std::int64_t slot = e;
+        if (pairs) {
+            const std::int64_t block = e - e % rows;
+            const std::int64_t within = e - block;
+            slot = block + (within % 2 == 0 ? within / 2 : half + within / 2);
+        }
+        table.entries[static_cast<std::size_t>(slot)] = row;
+        if (++column == length) {
+            column = 0;
+            ++row;
+        }
+    }
+    table.length = length;
+    table.rows = rows;
+    table.pairs = pairs;
+    return table.entries.data();
 }
 
 // The coefficients of the odometer's next `count` rows, one row per array element.
@@ -650,19 +684,7 @@ std::int64_t normalize_row_pair_groups(const NormalizePlan& plan, StatisticOdome
     const std::int64_t length = plan.row_length;
     const std::int64_t rows = 2 * lanes;
     // For pair v: the rows of its even elements (v · 2 · Lanes + 2 · i), then of its odd ones.
-    std::vector<std::int32_t>& lane_rows = lane_row_storage();
-    lane_rows.resize(static_cast<std::size_t>(length * rows));
-    for (std::int64_t v = 0; v < length; ++v) {
-        for (std::int64_t i = 0; i < lanes; ++i) {
-            const std::int64_t element = v * rows + 2 * i;
-            lane_rows[static_cast<std::size_t>(v * rows + i)] =
-                static_cast<std::int32_t>(element / length);
-            lane_rows[static_cast<std::size_t>(v * rows + lanes + i)] =
-                static_cast<std::int32_t>((element + 1) / length);
-        }
-    }
-    // Read once: the thread-local vector's address would be looked up again for every group.
-    const std::int32_t* const lane_table = lane_rows.data();
+    const std::int32_t* const lane_table = lane_row_table(length, rows, true);
     const auto* x = static_cast<const std::uint16_t*>(plan.x);
     auto* y = static_cast<std::uint16_t*>(plan.y);
     for (; row + rows <= row_end; row += rows) {
@@ -712,13 +734,7 @@ void normalize_row_groups(const NormalizePlan& plan, std::int64_t row_begin, std
     {
         // Lane l of a group's vector v holds element v · Lanes + l of the group: row
         // (v · Lanes + l) / row_length.
-        std::vector<std::int32_t>& lane_rows = lane_row_storage();
-        lane_rows.resize(static_cast<std::size_t>(length * lanes));
-        for (std::int64_t e = 0; e < length * lanes; ++e) {
-            lane_rows[static_cast<std::size_t>(e)] = static_cast<std::int32_t>(e / length);
-        }
-        // Read once: the thread-local vector's address would be looked up again for every group.
-        const std::int32_t* const lane_table = lane_rows.data();
+        const std::int32_t* const lane_table = lane_row_table(length, lanes, false);
         for (; row + lanes <= row_end; row += lanes) {
             const CoefficientVecs group = row_coefficients(plan, statistics);
             const auto* group_x = x + row * length;
