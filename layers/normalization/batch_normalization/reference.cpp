@@ -29,19 +29,6 @@ std::int64_t statistic_index(const ReductionGeometry& geometry, std::int64_t fla
     return statistic;
 }
 
-// The flat index into a tensor of shape `operand` broadcast against `shape`, for element `flat`.
-std::int64_t broadcast_index(const Shape& shape, const Shape& operand, std::int64_t flat) {
-    std::int64_t index = 0;
-    std::int64_t stride = 1;
-    for (std::size_t i = shape.size(); i-- > 0;) {
-        const std::int64_t digit = flat % shape[i];
-        flat /= shape[i];
-        if (operand[i] != 1) index += digit * stride;
-        stride *= operand[i];
-    }
-    return index;
-}
-
 void store_rounded(Tensor& y, std::int64_t index, double value) {
     switch (y.dtype()) {
         case DType::f32:
@@ -60,6 +47,18 @@ void store_rounded(Tensor& y, std::int64_t index, double value) {
 }
 
 }  // namespace
+
+std::int64_t broadcast_index(const Shape& shape, const Shape& operand, std::int64_t flat) {
+    std::int64_t index = 0;
+    std::int64_t stride = 1;
+    for (std::size_t i = shape.size(); i-- > 0;) {
+        const std::int64_t digit = flat % shape[i];
+        flat /= shape[i];
+        if (operand[i] != 1) index += digit * stride;
+        stride *= operand[i];
+    }
+    return index;
+}
 
 Moments reference_moments(const Tensor& x, const ReductionGeometry& geometry) {
     check_kernel_input(kWhere, x, geometry);

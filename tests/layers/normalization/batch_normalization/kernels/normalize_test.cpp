@@ -80,18 +80,6 @@ Problem make_problem(const GeometryCase& c, DType x_dtype, std::uint32_t seed,
     return problem;
 }
 
-std::int64_t broadcast_index(const Shape& shape, const Shape& operand, std::int64_t flat) {
-    std::int64_t index = 0;
-    std::int64_t stride = 1;
-    for (std::size_t i = shape.size(); i-- > 0;) {
-        const std::int64_t digit = flat % shape[i];
-        flat /= shape[i];
-        if (operand[i] != 1) index += digit * stride;
-        stride *= operand[i];
-    }
-    return index;
-}
-
 // Error bound of one output of normalize(), from its f32 arithmetic (ε = 2⁻²³, each rounding at
 // most ε/2 relative): t = (x − hi) − lo is two subtractions, off by ε·(|t| + |lo|);
 // u = t·scale + shift is a multiply-add, fused on AVX2/AVX-512 but two roundings on the older
