@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <new>
 #include <string>
 #include <type_traits>
@@ -77,18 +76,13 @@ std::size_t physical_memory_bytes() {
     return bytes;
 }
 
-// Storage aligned to Tensor::kAlignment (zero-filled on request). A request beyond the machine's
-// physical memory is refused up front: with overcommit the allocation would succeed and
-// zero-filling it would end in the OOM killer, a signal instead of an error the host can handle.
-//
-// The alignment comes from over-allocating by kAlignment with the plain operator new, not from the
-// aligned one: glibc serves aligned requests by asking for size + alignment + a minimum chunk and
-// trimming, so the chunk a freed tensor leaves is too small for the next tensor of the same size.
-// A loop producing one large output per call then walked up the heap, page-faulting fresh memory
-// on every call for its first ~10 calls (a 12 MiB output grew the process by 135 MiB); same-size
-// requests now reuse the freed chunk at once.
+// Zero-filled storage aligned to Tensor::kAlignment, freed with the matching aligned delete.
+// A request beyond the machine's physical memory is refused up front: with overcommit the
+// allocation would succeed and zero-filling it would end in the OOM killer, a signal instead of an
+// error the host can handle.
 std::shared_ptr<std::byte[]> allocate_aligned(std::size_t bytes, const Shape& shape, DType dtype,
                                               bool zero_fill) {
+    constexpr auto alignment = std::align_val_t{Tensor::kAlignment};
     const auto refuse = [&] {
         return invalid_argument("Tensor", "shape",
                                 shape_to_string(shape) + " (" + std::to_string(bytes) +
@@ -101,18 +95,15 @@ std::shared_ptr<std::byte[]> allocate_aligned(std::size_t bytes, const Shape& sh
     const std::size_t rounded =
         std::max<std::size_t>(Tensor::kAlignment, (bytes + Tensor::kAlignment - 1) /
                                                       Tensor::kAlignment * Tensor::kAlignment);
-    void* raw = nullptr;
+    std::byte* raw = nullptr;
     try {
-        raw = ::operator new(rounded + Tensor::kAlignment);
+        raw = static_cast<std::byte*>(::operator new(rounded, alignment));
     } catch (const std::bad_alloc&) {
         throw refuse();
     }
-    std::size_t space = rounded + Tensor::kAlignment;
-    void* aligned = raw;
-    std::align(Tensor::kAlignment, rounded, aligned, space);
-    std::shared_ptr<std::byte[]> storage(static_cast<std::byte*>(aligned),
-                                         [raw](std::byte*) { ::operator delete(raw); });
-    if (zero_fill) std::memset(aligned, 0, rounded);
+    std::shared_ptr<std::byte[]> storage(
+        raw, [](std::byte* pointer) { ::operator delete(pointer, alignment); });
+    if (zero_fill) std::memset(raw, 0, rounded);
     return storage;
 }
 

@@ -293,28 +293,5 @@ TEST(Tensor, UninitializedOwnsAlignedStorageOfTheRightSize) {
     EXPECT_THROW(Tensor::uninitialized({-1}, DType::f32), Error);
 }
 
-// glibc serves a same-size request from the chunk just freed, so a loop making one large output
-// per call stays at one address and never page-faults fresh memory. Aligned operator new broke
-// that (its request is larger than the chunk it leaves): the heap grew by one output per call for
-// ~10 calls. Sanitizers replace the allocator (ASan quarantines freed memory), so only the
-// uninstrumented build checks it.
-TEST(Tensor, ASameSizeTensorReusesTheStorageJustFreed) {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-    GTEST_SKIP() << "the sanitizer's allocator does not reuse freed memory at once";
-#else
-    const Shape shape{4, 64, 16, 28, 28};  // 12.25 MiB, above malloc's initial mmap threshold
-    std::vector<const void*> addresses;
-    for (int call = 0; call < 4; ++call) {
-        const Tensor output = Tensor::uninitialized(shape, DType::f32);
-        EXPECT_EQ(reinterpret_cast<std::uintptr_t>(output.data()) % Tensor::kAlignment, 0u);
-        addresses.push_back(output.data());
-    }
-    // The first is mapped on its own (which raises glibc's mmap threshold); every later one is
-    // the chunk the previous one left.
-    EXPECT_EQ(addresses[2], addresses[1]);
-    EXPECT_EQ(addresses[3], addresses[1]);
-#endif
-}
-
 }  // namespace
 }  // namespace keel
