@@ -12,6 +12,8 @@
 
 #include <keel/engine/error.hpp>
 
+#include "engine/tensor_cache.hpp"
+
 namespace keel {
 
 std::string shape_to_string(const Shape& shape) {
@@ -76,13 +78,12 @@ std::size_t physical_memory_bytes() {
     return bytes;
 }
 
-// Zero-filled storage aligned to Tensor::kAlignment, freed with the matching aligned delete.
+// Storage aligned to Tensor::kAlignment (zero-filled on request), from the tensor cache when large.
 // A request beyond the machine's physical memory is refused up front: with overcommit the
 // allocation would succeed and zero-filling it would end in the OOM killer, a signal instead of an
 // error the host can handle.
 std::shared_ptr<std::byte[]> allocate_aligned(std::size_t bytes, const Shape& shape, DType dtype,
                                               bool zero_fill) {
-    constexpr auto alignment = std::align_val_t{Tensor::kAlignment};
     const auto refuse = [&] {
         return invalid_argument("Tensor", "shape",
                                 shape_to_string(shape) + " (" + std::to_string(bytes) +
@@ -95,15 +96,13 @@ std::shared_ptr<std::byte[]> allocate_aligned(std::size_t bytes, const Shape& sh
     const std::size_t rounded =
         std::max<std::size_t>(Tensor::kAlignment, (bytes + Tensor::kAlignment - 1) /
                                                       Tensor::kAlignment * Tensor::kAlignment);
-    std::byte* raw = nullptr;
+    std::shared_ptr<std::byte[]> storage;
     try {
-        raw = static_cast<std::byte*>(::operator new(rounded, alignment));
+        storage = allocate_tensor_storage(rounded);
     } catch (const std::bad_alloc&) {
         throw refuse();
     }
-    std::shared_ptr<std::byte[]> storage(
-        raw, [](std::byte* pointer) { ::operator delete(pointer, alignment); });
-    if (zero_fill) std::memset(raw, 0, rounded);
+    if (zero_fill) std::memset(storage.get(), 0, rounded);
     return storage;
 }
 

@@ -7,6 +7,7 @@
 #include <keel/engine/logging.hpp>
 #include <keel/engine/npy.hpp>
 #include <keel/engine/tensor.hpp>
+#include <keel/engine/tensor_cache.hpp>
 #include <keel/layers/activation/activation.hpp>
 #include <keel/layers/activation/relu.hpp>
 #include <keel/layers/activation/softmax.hpp>

@@ -109,6 +109,8 @@ int run_demo(const DemoArguments& arguments) {
 
     Tensor output;
     for (int call = 1; call <= arguments.training_calls; ++call) {
+        output =
+            Tensor();  // released first, as in a loop over batches: its storage serves the call
         output = timed_call(layer, input, true, call);
     }
     const BatchNormalizationCallReport& report = layer.last_call_report();
@@ -137,6 +139,8 @@ int run_demo(const DemoArguments& arguments) {
         options.momentum, arguments.training_calls, largest_deviation);
 
     for (int call = 1; call <= arguments.inference_calls; ++call) {
+        output =
+            Tensor();  // released first, as in a loop over batches: its storage serves the call
         output = timed_call(layer, input, false, call);
     }
     const Summary inferred = summarize(output.to_floats());
