@@ -86,7 +86,13 @@ class TensorCache : public std::enable_shared_from_this<TensorCache> {
         const std::size_t block_bytes = size_class(bytes);
         std::byte* data = take(block_bytes);
         if (data == nullptr) {
-            data = static_cast<std::byte*>(::operator new(block_bytes, kAlignment));
+            try {
+                data = static_cast<std::byte*>(::operator new(block_bytes, kAlignment));
+            } catch (const std::bad_alloc&) {
+                // Blocks of other sizes may be what keeps the heap from serving this one.
+                release();
+                data = static_cast<std::byte*>(::operator new(block_bytes, kAlignment));
+            }
         }
         // Should the control block's allocation throw, shared_ptr hands the block to the deleter.
         return std::shared_ptr<std::byte[]>(
