@@ -54,12 +54,7 @@ void unpoison(void* data, std::size_t bytes) {
 #endif
 }
 
-// Whole pages, then the next multiple of an eighth of the largest power of two not above them.
-std::size_t size_class(std::size_t bytes) {
-    const std::size_t pages = (bytes + kPage - 1) / kPage * kPage;
-    const std::size_t step = std::max(kPage, std::bit_floor(pages) / 8);
-    return (pages + step - 1) / step * step;
-}
+std::size_t whole_pages(std::size_t bytes) { return (bytes + kPage - 1) / kPage * kPage; }
 
 std::size_t limit_from_environment() {
     const char* text = std::getenv(kLimitVariable);
@@ -76,6 +71,11 @@ std::size_t limit_from_environment() {
 }
 
 class TensorCache : public std::enable_shared_from_this<TensorCache> {
+    struct Block {
+        std::byte* data;
+        std::size_t bytes;
+    };
+
   public:
     explicit TensorCache(std::size_t limit) : limit_(limit) {}
     ~TensorCache() { free_blocks(std::move(blocks_)); }
@@ -83,9 +83,10 @@ class TensorCache : public std::enable_shared_from_this<TensorCache> {
     TensorCache& operator=(const TensorCache&) = delete;
 
     std::shared_ptr<std::byte[]> allocate(std::size_t bytes) {
-        const std::size_t block_bytes = size_class(bytes);
-        std::byte* data = take(block_bytes);
+        const std::size_t needed = whole_pages(bytes);
+        auto [data, block_bytes] = take(needed);
         if (data == nullptr) {
+            block_bytes = needed;
             try {
                 data = static_cast<std::byte*>(::operator new(block_bytes, kAlignment));
             } catch (const std::bad_alloc&) {
@@ -131,26 +132,22 @@ class TensorCache : public std::enable_shared_from_this<TensorCache> {
     }
 
   private:
-    struct Block {
-        std::byte* data;
-        std::size_t bytes;
-    };
-
-    // The most recently cached block of this size class (the likeliest to be in the CPU's
-    // caches), or null after counting a miss.
-    std::byte* take(std::size_t block_bytes) {
+    // The most recently cached block (the likeliest to be in the CPU's caches) that holds
+    // `needed` bytes with at most an eighth of itself to spare, or a null block after counting a
+    // miss.
+    Block take(std::size_t needed) {
         const std::lock_guard lock(mutex_);
         for (auto block = blocks_.rbegin(); block != blocks_.rend(); ++block) {
-            if (block->bytes != block_bytes) continue;
-            std::byte* data = block->data;
+            if (block->bytes < needed || block->bytes - needed > block->bytes / 8) continue;
+            const Block found = *block;
             blocks_.erase(std::next(block).base());
-            cached_bytes_ -= block_bytes;
+            cached_bytes_ -= found.bytes;
             ++reuses_;
-            unpoison(data, block_bytes);
-            return data;
+            unpoison(found.data, found.bytes);
+            return found;
         }
         ++misses_;
-        return nullptr;
+        return {nullptr, 0};
     }
 
     // A released block joins the cache as its newest entry, older ones leaving to stay within

@@ -8,8 +8,8 @@
 namespace keel {
 
 // Uninitialized storage of at least `bytes` (a multiple of Tensor::kAlignment), aligned to
-// Tensor::kAlignment. Large requests come from the tensor cache when it holds a block of their
-// size class, and go back to it when the last owner lets go. Throws std::bad_alloc when the heap
+// Tensor::kAlignment. Large requests come from the tensor cache when it holds a block that fits
+// them closely, and go back to it when the last owner lets go. Throws std::bad_alloc when the heap
 // refuses.
 std::shared_ptr<std::byte[]> allocate_tensor_storage(std::size_t bytes);
 

@@ -47,21 +47,33 @@ TEST_F(TensorCache, ALargeTensorReusesTheStorageOfTheLastOneFreed) {
     EXPECT_EQ(after.reuses - before.reuses, 3u);
 }
 
-TEST_F(TensorCache, ASizeInTheSameClassIsServedAndADifferentClassIsNot) {
+TEST_F(TensorCache, ABlockServesATensorItHoldsWithAtMostAnEighthToSpare) {
     const void* first = nullptr;
     {
         const Tensor output = Tensor::uninitialized({kLargeFloats}, DType::f32);
         first = output.data();
     }
-    // 4 MiB minus a few elements rounds up to the same 4 MiB class.
+    // A few elements fewer still round up to the same pages.
     {
         const Tensor slightly_smaller = Tensor::uninitialized({kLargeFloats - 100}, DType::f32);
         EXPECT_EQ(slightly_smaller.data(), first);
     }
-    // 4 MiB + 1 page is the next class (4.5 MiB): the cached block is too small for it.
+    // An eighth smaller: the 4 MiB block is just close enough.
+    {
+        const Tensor eighth_smaller = Tensor::uninitialized({kLargeFloats / 8 * 7}, DType::f32);
+        EXPECT_EQ(eighth_smaller.data(), first);
+    }
+    // Half the size would waste half the block: the heap serves it.
+    {
+        const Tensor half = Tensor::uninitialized({kLargeFloats / 2}, DType::f32);
+        EXPECT_NE(half.data(), first);
+    }
+    // One page larger than the block: it cannot hold it.
     const Tensor larger = Tensor::uninitialized({kLargeFloats + 1024}, DType::f32);
     EXPECT_NE(larger.data(), first);
-    EXPECT_EQ(tensor_cache_statistics().cached_blocks, 1u);
+    // The 4 MiB block and the 2 MiB one the half tensor left.
+    EXPECT_EQ(tensor_cache_statistics().cached_blocks, 2u);
+    EXPECT_EQ(tensor_cache_statistics().cached_bytes, std::size_t{6} << 20);
 }
 
 TEST_F(TensorCache, SmallTensorsAreNotCached) {

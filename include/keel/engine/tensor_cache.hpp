@@ -6,7 +6,7 @@
 namespace keel {
 
 // keel keeps the storage of large tensors that are freed (kTensorCacheMinimumBytes or more) and
-// hands it to the next tensor of the same size class, instead of returning it to the C++ heap.
+// hands it to the next tensor of about the same size, instead of returning it to the C++ heap.
 // A layer called in a loop, or a model run after run, then writes its outputs into memory that is
 // already mapped (and often still in cache) instead of memory the heap maps afresh, which costs a
 // page fault per 4 KiB on first touch. Smaller tensors go to the heap as usual.
@@ -14,8 +14,8 @@ namespace keel {
 // The cache is process-wide and thread-safe. It holds at most its limit: KEEL_TENSOR_CACHE_MB from
 // the environment (a non-negative integer number of MiB; 0 turns the cache off), else
 // kDefaultTensorCacheLimitBytes. Blocks are taken back oldest first when a newer one would exceed
-// the limit. Size classes are 1/8 of a power of two apart, so a cached block is at most 12.5%
-// larger than the tensor it serves.
+// the limit. A cached block serves a tensor it holds with at most an eighth of its size to spare,
+// the most recently cached such block first.
 inline constexpr std::size_t kTensorCacheMinimumBytes = std::size_t{256} << 10;
 inline constexpr std::size_t kDefaultTensorCacheLimitBytes = std::size_t{256} << 20;
 
