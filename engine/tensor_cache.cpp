@@ -84,22 +84,21 @@ class TensorCache : public std::enable_shared_from_this<TensorCache> {
 
     std::shared_ptr<std::byte[]> allocate(std::size_t bytes) {
         const std::size_t needed = whole_pages(bytes);
-        auto [data, block_bytes] = take(needed);
-        if (data == nullptr) {
-            block_bytes = needed;
+        Block block = take(needed);
+        if (block.data == nullptr) {
+            block.bytes = needed;
             try {
-                data = static_cast<std::byte*>(::operator new(block_bytes, kAlignment));
+                block.data = static_cast<std::byte*>(::operator new(needed, kAlignment));
             } catch (const std::bad_alloc&) {
                 // Blocks of other sizes may be what keeps the heap from serving this one.
                 release();
-                data = static_cast<std::byte*>(::operator new(block_bytes, kAlignment));
+                block.data = static_cast<std::byte*>(::operator new(needed, kAlignment));
             }
         }
         // Should the control block's allocation throw, shared_ptr hands the block to the deleter.
         return std::shared_ptr<std::byte[]>(
-            data, [cache = shared_from_this(), block_bytes](std::byte* released) {
-                cache->keep(released, block_bytes);
-            });
+            block.data, [cache = shared_from_this(), block_bytes = block.bytes](
+                            std::byte* released) { cache->keep(released, block_bytes); });
     }
 
     TensorCacheStatistics statistics() {
