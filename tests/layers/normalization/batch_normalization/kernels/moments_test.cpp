@@ -11,6 +11,7 @@
 
 #include <keel/engine/error.hpp>
 
+#include "engine/cpu_cache.hpp"
 #include "layers/normalization/batch_normalization/kernels/blocking.hpp"
 #include "layers/normalization/batch_normalization/kernels/kernel_test_support.hpp"
 #include "layers/normalization/batch_normalization/reference.hpp"
@@ -322,9 +323,39 @@ TEST(Moments, ResultsDoNotDependOnTheThreadCount) {
                                                            {{64, 256, 7, 7}, {1}},
                                                            {{4, 40, 30, 64}, {1, 3}},
                                                            {{12, 28, 28, 64}, {1, 3}},
-                                                           {{60, 16, 20, 64}, {1, 3}}}) {
+                                                           {{60, 16, 20, 64}, {1, 3}},
+                                                           // The virtual-batch view: row chunks
+                                                           // straddle the repeats of each group.
+                                                           {{8, 4, 300, 64}, {1, 3}},
+                                                           // Packed rows of 3 channels, with
+                                                           // leftover rows in each repeat.
+                                                           {{16, 5, 4000, 3}, {1, 3}},
+                                                           // Several column tiles.
+                                                           {{4, 3, 50, 1100}, {1, 3}}}) {
         SCOPED_TRACE(describe(c));
         const Tensor x = random_tensor(c.shape, DType::f32, 7, -1.0F, 5.0F);
+        const ReductionGeometry geometry = make_geometry(c.shape, c.kept_axes);
+        const Moments one = compute_moments(engine_with_threads(1), x, geometry);
+        const Moments two = compute_moments(engine_with_threads(2), x, geometry);
+        EXPECT_EQ(one.mean, two.mean);
+        EXPECT_EQ(one.variance, two.variance);
+    }
+}
+
+TEST(Moments, ResultsDoNotDependOnTheReadingOrder) {
+    // A tensor that does not stay in the last-level cache beside an output of its size is read in
+    // memory order by one thread and item by item by two: every partial result still receives the
+    // same pieces in the same order, so the statistics are bit-identical. Sized from this
+    // machine's cache so that one thread takes the memory-order path: multi-axis repeats of whole
+    // rows, and the virtual-batch view, whose row chunks straddle the repeats of each group.
+    const std::int64_t half_cache_floats = last_level_cache_bytes() / 8;
+    const std::int64_t samples = half_cache_floats / (56 * 56 * 64) + 1;
+    const std::int64_t rows = half_cache_floats / (8 * 4 * 64) + 1;
+    for (const GeometryCase& c :
+         std::vector<GeometryCase>{{{samples, 56, 56, 64}, {1, 3}}, {{8, 4, rows, 64}, {1, 3}}}) {
+        SCOPED_TRACE(describe(c));
+        const Tensor x = random_tensor(c.shape, DType::f32, 11, -1.0F, 5.0F);
+        ASSERT_GT(2 * static_cast<std::int64_t>(x.byte_size()), last_level_cache_bytes());
         const ReductionGeometry geometry = make_geometry(c.shape, c.kept_axes);
         const Moments one = compute_moments(engine_with_threads(1), x, geometry);
         const Moments two = compute_moments(engine_with_threads(2), x, geometry);
