@@ -25,7 +25,6 @@
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <numeric>
@@ -936,6 +935,26 @@ void NormalizeUnits(const NormalizePlan& plan, const NormalizeVariant& variant, 
     });
 }
 
+// hi[i] ← f32(mean[i]) and lo[i] ← f32(mean[i] − hi[i]), or +0 where that remainder is not
+// finite: a plain loop the compiler vectorizes for this target. Conversions and one subtraction,
+// nothing to fuse into a multiply-add, so every target gives the scalar expression's bits. A
+// training call splits one mean per statistic, 7168 of them with axis [1, 3] on [8, 28, 28, 256]:
+// the scalar loop took 11% of a training call on [1, 28, 1, 256] with that axis (statistics
+// without data), which then took 0.93x as long vectorized.
+void SplitMeans(const double* mean, float* hi, float* lo, std::int64_t count) {
+    for (std::int64_t i = 0; i < count; ++i) {
+        const float high = static_cast<float>(mean[i]);
+        const double rest = mean[i] - static_cast<double>(high);
+        // rest − rest is +0 exactly when rest is finite (∞ − ∞ and NaN give NaN). Masking the
+        // bits, rather than choosing between values with a floating-point comparison, is what the
+        // compiler vectorizes.
+        const std::uint32_t keep =
+            std::bit_cast<std::uint64_t>(rest - rest) == 0 ? ~std::uint32_t{0} : 0;
+        hi[i] = high;
+        lo[i] = std::bit_cast<float>(std::bit_cast<std::uint32_t>(static_cast<float>(rest)) & keep);
+    }
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace keel::batch_normalization
 HWY_AFTER_NAMESPACE();
@@ -948,6 +967,7 @@ namespace keel::batch_normalization {
 // dispatch is Highway's target-choosing stub, which re-detects the CPU on each call through it
 // (that made the first compute_moments of a [1, 16384, 15, 15] tensor 50x slower).
 HWY_EXPORT(NormalizeUnits);
+HWY_EXPORT(SplitMeans);
 HWY_EXPORT(KernelTargetName);
 
 namespace {
@@ -1245,12 +1265,10 @@ void check_adjustment_broadcast(std::string_view where, std::string_view name,
 void split_means(const std::vector<double>& mean, std::vector<float>& hi, std::vector<float>& lo) {
     hi.resize(mean.size());
     lo.resize(mean.size());
-    for (std::size_t i = 0; i < mean.size(); ++i) {
-        hi[i] = static_cast<float>(mean[i]);
-        // A NaN or infinite mean has no meaningful remainder; keep the pair's sum equal to it.
-        const double rest = mean[i] - static_cast<double>(hi[i]);
-        lo[i] = std::isfinite(rest) ? static_cast<float>(rest) : 0.0F;
-    }
+    // A NaN or infinite mean has no meaningful remainder: lo is +0, keeping the pair's sum equal
+    // to the mean.
+    HWY_DYNAMIC_DISPATCH(SplitMeans)
+    (mean.data(), hi.data(), lo.data(), static_cast<std::int64_t>(mean.size()));
 }
 
 void normalize(const Engine& engine, const Tensor& x, const ReductionGeometry& geometry,

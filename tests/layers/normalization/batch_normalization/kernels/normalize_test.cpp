@@ -4,6 +4,7 @@
 #include <hwy/detect_targets.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -576,6 +577,51 @@ TEST(Normalize, SplitMeansCarriesTheDoubleMeanInTwoFloats) {
         EXPECT_NEAR(static_cast<double>(hi[i]) + lo[i], means[i], std::fabs(means[i]) * 0x1p-46);
     }
     EXPECT_EQ(lo[1], 0.0F);
+}
+
+TEST(Normalize, SplitMeansGivesTheScalarBitsOnEveryTarget) {
+    // The vector split must equal the scalar expression hi = f32(m), lo = f32(m − hi), or +0 when
+    // m − hi is not finite, bit for bit: edge values (NaN, infinities, signed zeros, doubles beyond
+    // f32's range or below its subnormals, f32's largest value and the midpoint above it), then
+    // random means of every magnitude, in a count that leaves a partial vector on every target.
+    constexpr double kInfinity = std::numeric_limits<double>::infinity();
+    std::vector<double> means = {std::numeric_limits<double>::quiet_NaN(),
+                                 kInfinity,
+                                 -kInfinity,
+                                 0.0,
+                                 -0.0,
+                                 1e300,
+                                 -1e300,
+                                 1e-310,
+                                 -1e-40,
+                                 static_cast<double>(std::numeric_limits<float>::max()),
+                                 0x1.ffffffp127,
+                                 std::numeric_limits<double>::max(),
+                                 1e4 + 1.0 / 3.0};
+    std::mt19937 random(3);
+    std::uniform_real_distribution<double> mantissa(-1.0, 1.0);
+    std::uniform_int_distribution<int> exponent(-160, 140);
+    while (means.size() < 1003) means.push_back(std::ldexp(mantissa(random), exponent(random)));
+    std::vector<std::uint32_t> expected_hi, expected_lo;
+    for (const double mean : means) {
+        const float hi = static_cast<float>(mean);
+        const double rest = mean - static_cast<double>(hi);
+        const float lo = std::isfinite(rest) ? static_cast<float>(rest) : 0.0F;
+        expected_hi.push_back(std::bit_cast<std::uint32_t>(hi));
+        expected_lo.push_back(std::bit_cast<std::uint32_t>(lo));
+    }
+    for (const std::int64_t target : compiled_targets()) {
+        TargetScope scope(target);
+        SCOPED_TRACE(target_name(target));
+        std::vector<float> hi, lo;
+        split_means(means, hi, lo);
+        ASSERT_EQ(hi.size(), means.size());
+        ASSERT_EQ(lo.size(), means.size());
+        for (std::size_t i = 0; i < means.size(); ++i) {
+            EXPECT_EQ(std::bit_cast<std::uint32_t>(hi[i]), expected_hi[i]) << "mean " << means[i];
+            EXPECT_EQ(std::bit_cast<std::uint32_t>(lo[i]), expected_lo[i]) << "mean " << means[i];
+        }
+    }
 }
 
 TEST(Normalize, EmptyTensorsWriteNothing) {
