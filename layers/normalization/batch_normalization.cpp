@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -15,6 +16,7 @@
 
 #include "engine/threading.hpp"
 #include "layers/normalization/batch_normalization/config.hpp"
+#include "layers/normalization/batch_normalization/kernels/coefficients.hpp"
 #include "layers/normalization/batch_normalization/kernels/geometry.hpp"
 #include "layers/normalization/batch_normalization/kernels/moments.hpp"
 #include "layers/normalization/batch_normalization/kernels/normalize.hpp"
@@ -174,12 +176,11 @@ struct CallWorkspace {
     MomentsWorkspace moments;
     std::vector<double> batch_mean;      // per statistic
     std::vector<double> batch_variance;  // per statistic
-    std::vector<double> inverse_stddev;  // per statistic: 1/√(σ² + ε)
     std::vector<float> gamma;            // 1s when the layer has no gamma
     std::vector<float> beta;             // 0s when the layer has no beta
     std::vector<float> update_mean;      // per parameter
     std::vector<float> update_variance;
-    std::vector<float> r;
+    std::vector<float> r;  // per parameter, with batch renormalization
     std::vector<float> d;
     std::vector<float> batch_stddev;
     std::vector<float> adjustment_scale;  // per parameter, when the adjustment is per parameter
@@ -977,52 +978,34 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     std::vector<float>& update_variance = workspace->update_variance;
     update_mean.resize(static_cast<std::size_t>(params));
     update_variance.resize(static_cast<std::size_t>(params));
-    if (groups == 1) {
-        // The general loop below with one group, without its divisions by 1 (exact: x / 1 == x).
-        for (std::size_t p = 0; p < static_cast<std::size_t>(params); ++p) {
-            update_mean[p] = static_cast<float>(0.0 + batch_mean[p]);
-            update_variance[p] = static_cast<float>(0.0 + batch_variance[p]);
-        }
-    } else {
-        for (std::int64_t p = 0; p < params; ++p) {
-            double mean_sum = 0.0;
-            double variance_sum = 0.0;
-            for (std::int64_t g = 0; g < groups; ++g) {
-                mean_sum += batch_mean[static_cast<std::size_t>(g * params + p)];
-                variance_sum += batch_variance[static_cast<std::size_t>(g * params + p)];
-            }
-            update_mean[static_cast<std::size_t>(p)] = static_cast<float>(mean_sum / groups);
-            update_variance[static_cast<std::size_t>(p)] =
-                static_cast<float>(variance_sum / groups);
-        }
-    }
+    group_mean_moments(batch_mean, batch_variance, groups, update_mean, update_variance);
 
     // Batch renormalization (spec §6c), from the pre-update renorm statistics, in f32 as TF.
     std::vector<float>& r = workspace->r;
     std::vector<float>& d = workspace->d;
     std::vector<float>& batch_stddev = workspace->batch_stddev;
-    r.assign(static_cast<std::size_t>(params), 1.0f);
-    d.assign(static_cast<std::size_t>(params), 0.0f);
-    batch_stddev.resize(static_cast<std::size_t>(params));
     if (options.renorm) {
-        const float* renorm_mean = variables.at(impl.renorm_mean_index).data_as<float>();
-        const float* renorm_stddev = variables.at(impl.renorm_stddev_index).data_as<float>();
-        const float stddev_floor = std::sqrt(epsilon32);
+        r.resize(static_cast<std::size_t>(params));
+        d.resize(static_cast<std::size_t>(params));
+        batch_stddev.resize(static_cast<std::size_t>(params));
+        constexpr float kUnbounded = std::numeric_limits<float>::infinity();
         const auto& bound = impl.resolved;
-        for (std::size_t p = 0; p < static_cast<std::size_t>(params); ++p) {
-            batch_stddev[p] = std::sqrt(update_variance[p] + epsilon32);
-            const float floored = std::max(renorm_stddev[p], stddev_floor);
-            float r_value = batch_stddev[p] / floored;
-            float d_value = (update_mean[p] - renorm_mean[p]) / floored;
-            if (bound.rmin) r_value = std::max(r_value, static_cast<float>(*bound.rmin));
-            if (bound.rmax) r_value = std::min(r_value, static_cast<float>(*bound.rmax));
-            if (bound.dmax) {
-                d_value = std::max(d_value, static_cast<float>(-*bound.dmax));
-                d_value = std::min(d_value, static_cast<float>(*bound.dmax));
-            }
-            r[p] = r_value;
-            d[p] = d_value;
-        }
+        RenormOperands operands;
+        operands.update_mean = update_mean;
+        operands.update_variance = update_variance;
+        operands.renorm_mean = {variables.at(impl.renorm_mean_index).data_as<float>(),
+                                static_cast<std::size_t>(params)};
+        operands.renorm_stddev = {variables.at(impl.renorm_stddev_index).data_as<float>(),
+                                  static_cast<std::size_t>(params)};
+        operands.epsilon = epsilon32;
+        operands.stddev_floor = std::sqrt(epsilon32);
+        operands.clipping.rmin = bound.rmin ? static_cast<float>(*bound.rmin) : -kUnbounded;
+        operands.clipping.rmax = bound.rmax ? static_cast<float>(*bound.rmax) : kUnbounded;
+        operands.clipping.dmax = bound.dmax ? static_cast<float>(*bound.dmax) : kUnbounded;
+        renorm_corrections(operands, batch_stddev, r, d);
+    } else {
+        r.clear();
+        d.clear();
     }
 
     // Training always runs on keel's kernels (plan.cpp says why).
@@ -1031,46 +1014,36 @@ Tensor BatchNormalization::compute(const ForwardContext& context, bool then_relu
     //   with adjustment     u = (x − μ_k)·(inv_k·r) + d;  y = (u·adj_s + adj_b)·γ + β
     //   folded adjustment   y = (x − μ_k)·(inv_k·r·s_p·γ) + ((d·s_p + b_p)·γ + β), in double
     const std::size_t statistics = batch_mean.size();
-    std::vector<double>& inverse_stddev = workspace->inverse_stddev;
-    inverse_stddev.resize(statistics);
-    inverse_standard_deviations(batch_variance, epsilon32, inverse_stddev);
     NormalizeCoefficients& coefficients = workspace->coefficients;
     split_means(batch_mean, coefficients.mean_hi, coefficients.mean_lo);
     coefficients.scale.resize(statistics);
     coefficients.shift.resize(statistics);
     coefficients.relu = then_relu && !elementwise_adjustment && path == KernelPath::custom;
+    CoefficientOperands operands;
+    operands.form = adjustment_folds ? CoefficientForm::folded_adjustment
+                    : adjustment     ? CoefficientForm::adjusted
+                                     : CoefficientForm::plain;
+    operands.parameters = params;
+    operands.variance = batch_variance;
+    operands.epsilon = epsilon32;
+    operands.r = r;
+    operands.d = d;
+    if (operands.form != CoefficientForm::adjusted) {
+        operands.gamma = gamma;
+        operands.beta = beta;
+    }
+    if (adjustment_folds) {
+        operands.adjustment_scale = workspace->adjustment_scale;
+        operands.adjustment_bias = workspace->adjustment_bias;
+    }
+    training_coefficients(operands, coefficients.scale, coefficients.shift);
     if (elementwise_adjustment) {
+        // γ and β apply after the element-wise adjustment: per statistic, group by group.
         adjustment->outer_scale.resize(statistics);
         adjustment->outer_shift.resize(statistics);
-    }
-    // Statistic k = g·params + p (group-major). One branch-free loop per case and group, so that
-    // the compiler vectorizes the usual ones: this fixed cost of a call matters on tiny tensors.
-    const auto parameter_count = static_cast<std::size_t>(params);
-    for (std::size_t first = 0; first < statistics; first += parameter_count) {
-        const double* inverse = inverse_stddev.data() + first;
-        float* scale_out = coefficients.scale.data() + first;
-        float* shift_out = coefficients.shift.data() + first;
-        if (adjustment_folds) {
-            const float* adjustment_scale = workspace->adjustment_scale.data();
-            const float* adjustment_bias = workspace->adjustment_bias.data();
-            for (std::size_t p = 0; p < parameter_count; ++p) {
-                const double scale = adjustment_scale[p];
-                const double bias = adjustment_bias[p];
-                scale_out[p] = static_cast<float>(inverse[p] * r[p] * scale * gamma[p]);
-                shift_out[p] = static_cast<float>((d[p] * scale + bias) * gamma[p] + beta[p]);
-            }
-        } else if (adjustment) {
-            for (std::size_t p = 0; p < parameter_count; ++p) {
-                scale_out[p] = static_cast<float>(inverse[p] * r[p]);
-                shift_out[p] = d[p];
-            }
+        for (std::size_t first = 0; first < statistics; first += gamma.size()) {
             std::copy(gamma.begin(), gamma.end(), adjustment->outer_scale.begin() + first);
             std::copy(beta.begin(), beta.end(), adjustment->outer_shift.begin() + first);
-        } else {
-            for (std::size_t p = 0; p < parameter_count; ++p) {
-                scale_out[p] = static_cast<float>(inverse[p] * r[p] * gamma[p]);
-                shift_out[p] = static_cast<float>(static_cast<double>(d[p]) * gamma[p] + beta[p]);
-            }
         }
     }
     run_custom(coefficients);

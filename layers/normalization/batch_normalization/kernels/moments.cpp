@@ -584,28 +584,6 @@ void AccumulateRuns(DType dtype, const Runs& job) {
     visit_format(dtype, [&](auto format) { accumulate_runs<decltype(format)>(job); });
 }
 
-// inverse[i] ← 1 / √(f64(f32(variance[i])) + epsilon). Vectors give the scalar expression's
-// bits: addition, square root and division are each correctly rounded, and there is no product
-// for the compiler to fuse into a multiply-add. The rounding to f32 is a plain cast (vectorized by
-// the compiler for this target): Highway's DemoteTo saturates on some targets, where a cast of a
-// variance beyond f32's range gives infinity.
-void InverseSquareRoots(const double* variance, double* inverse, std::int64_t count,
-                        double epsilon) {
-    for (std::int64_t i = 0; i < count; ++i) {
-        inverse[i] = static_cast<double>(static_cast<float>(variance[i]));
-    }
-    const hn::ScalableTag<double> dd;
-    const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(dd));
-    const auto one = hn::Set(dd, 1.0);
-    const auto shift = hn::Set(dd, epsilon);
-    std::int64_t i = 0;
-    for (; i + lanes <= count; i += lanes) {
-        hn::StoreU(hn::Div(one, hn::Sqrt(hn::Add(hn::LoadU(dd, inverse + i), shift))), dd,
-                   inverse + i);
-    }
-    for (; i < count; ++i) inverse[i] = 1.0 / std::sqrt(inverse[i] + epsilon);
-}
-
 // mean[i] ← source_mean[i] and variance[i] ← m2[i] / count[i] (correctly rounded divisions,
 // the scalar expression's bits).
 void FinishMoments(const double* count, const double* source_mean, const double* m2, double* mean,
@@ -638,7 +616,6 @@ HWY_EXPORT(AccumulateMatrixRows);
 HWY_EXPORT(AccumulateRuns);
 HWY_EXPORT(FoldColumns);
 HWY_EXPORT(MergeColumns);
-HWY_EXPORT(InverseSquareRoots);
 HWY_EXPORT(FinishMoments);
 HWY_EXPORT(KernelTargetName);
 
@@ -1384,17 +1361,6 @@ Moments compute_moments(const Engine& engine, const Tensor& x, const ReductionGe
     MomentsWorkspace workspace;
     compute_moments(engine, x, MomentsPlan(geometry), workspace, moments.mean, moments.variance);
     return moments;
-}
-
-void inverse_standard_deviations(std::span<const double> variance, float epsilon,
-                                 std::span<double> inverse) {
-    if (inverse.size() != variance.size()) {
-        throw shape_mismatch(kWhere, "inverse", std::to_string(inverse.size()) + " values",
-                             std::to_string(variance.size()) + " (one per variance)");
-    }
-    HWY_DYNAMIC_DISPATCH(InverseSquareRoots)
-    (variance.data(), inverse.data(), static_cast<std::int64_t>(inverse.size()),
-     static_cast<double>(epsilon));
 }
 
 std::int64_t moments_partial_results(const ReductionGeometry& geometry) {

@@ -72,13 +72,6 @@ void compute_moments(const Engine& engine, const Tensor& x, const MomentsPlan& p
 // `geometry.reduction_count` must be > 0.
 Moments compute_moments(const Engine& engine, const Tensor& x, const ReductionGeometry& geometry);
 
-// For each biased variance, 1/√(f64(f32(variance)) + epsilon): the inverse standard deviation a
-// training call normalizes with (the variance rounded to f32 as TF's batch variance is, epsilon
-// added in f64). Vectorized, and equal to that scalar expression: every operation is correctly
-// rounded. `inverse` has variance.size() entries.
-void inverse_standard_deviations(std::span<const double> variance, float epsilon,
-                                 std::span<double> inverse);
-
 // MomentsPlan(geometry).partial_results(), 0 for an empty geometry. Besides them a call needs the
 // statistics themselves and one column tile per thread (on the stack); tests check that this stays
 // bounded by the statistics, never by the data.
