@@ -566,6 +566,9 @@ def markdown(report):
         f"{context.get('num_cpus', '?')} cores at {context.get('mhz_per_cpu', '?')} MHz, "
         f"load average {', '.join(number(v, 2) for v in context.get('load_avg', []))} at start.",
     ]
+    if "onednn_bf16_batch_normalization" in context:
+        lines += ["", "oneDNN has no bf16 batch normalization on this CPU (oneDNN 2.6 needs "
+                  "AVX-512 for it): the bf16 cases have no oneDNN-direct peer."]
     if report["targets"]:
         lines += targets_markdown(report["targets"])
     # A run filtered to the graph cases has no bandwidth round and no BatchNormalization case.

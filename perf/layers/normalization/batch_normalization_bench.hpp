@@ -21,7 +21,9 @@ namespace keel::perf {
 // benchmark instead of reporting the speed of a wrong answer. Custom-mode outputs are keel's
 // tests' business.
 //
-// `with_torch` = false leaves the PyTorch peer out (for machines without python3-torch).
+// `with_torch` = false leaves the PyTorch peer out (for machines without python3-torch). The
+// oneDNN peer is left out of the cases whose dtype this CPU's oneDNN cannot normalize (bf16
+// without AVX-512), and the run's context says so ("onednn_bf16_batch_normalization").
 void register_batch_normalization_benchmarks(const BatchNormalizationShape& shape,
                                              std::span<const int> thread_counts, bool with_torch);
 
