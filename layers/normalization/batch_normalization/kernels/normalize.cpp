@@ -330,7 +330,8 @@ HWY_INLINE void normalize_periods(const typename In::Storage* x, typename Out::S
                                   std::int64_t start, std::int64_t periods, std::int64_t period,
                                   const RowOperands& op, const RowOperands* pairs) {
     const std::int64_t lanes = static_cast<std::int64_t>(hn::Lanes(FloatTag()));
-    const std::int64_t block = static_cast<std::int64_t>(kBlockVectors<kMeanLo>) * lanes;
+    constexpr std::size_t kVectors = kBlockVectors<kMeanLo>;
+    const std::int64_t block = static_cast<std::int64_t>(kVectors) * lanes;
     const std::int64_t period_bytes = period * static_cast<std::int64_t>(sizeof(*x));
     const std::int64_t tile = std::max<std::int64_t>(1, kTileBytes / period_bytes);
     for (std::int64_t first = 0; first < periods; first += tile) {
@@ -354,11 +355,11 @@ HWY_INLINE void normalize_periods(const typename In::Storage* x, typename Out::S
         (void)pairs;
 #endif
         for (; j + block <= period; j += block) {
-            normalize_block<kBlockVectors<kMeanLo>, In, Out, kRelu, kMeanLo, kStream>(
-                x, y, tile_start, j, count, period, op);
+            normalize_block<kVectors, In, Out, kRelu, kMeanLo, kStream>(x, y, tile_start, j, count,
+                                                                        period, op);
         }
         // Narrow periods in as few blocks as possible: a period of two vectors in one pass.
-        if constexpr (kBlockVectors < kMeanLo >> 2) {
+        if constexpr (kVectors > 2) {
             for (; j + 2 * lanes <= period; j += 2 * lanes) {
                 normalize_block<2, In, Out, kRelu, kMeanLo, kStream>(x, y, tile_start, j, count,
                                                                      period, op);
