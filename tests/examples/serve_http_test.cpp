@@ -30,6 +30,8 @@
 
 #include <keel/keel.hpp>
 
+#include "tests/runtime/reliability_support.hpp"
+
 extern char** environ;
 
 namespace {
@@ -473,9 +475,13 @@ TEST_F(ServeHttp, ServesAMixedConcurrentLoadCorrectlyWithFlatMemory) {
     ASSERT_TRUE(failures.empty()) << failures.size() << " wrong answers; first: " << failures[0];
     // Generous: the whole load's request bodies (~14 MB) would not fit, nor a leaked tensor per
     // request (4 × 768 bytes × 3000 plus allocator overhead would come close); allocator
-    // fragmentation across httplib's threads stays well below it.
-    EXPECT_LT(resident_after - resident_before, 8 << 20)
-        << "resident before " << resident_before << ", after " << resident_after;
+    // fragmentation across httplib's threads stays well below it. Under a sanitizer the server
+    // is instrumented too, and its quarantine of freed memory (ASan's holds up to 256 MiB) makes
+    // resident memory meaningless: the bound is checked by the uninstrumented build's run.
+    if (!keel::testing::kAddressSanitizer && !keel::testing::kThreadSanitizer) {
+        EXPECT_LT(resident_after - resident_before, 8 << 20)
+            << "resident before " << resident_before << ", after " << resident_after;
+    }
 
     httplib::Client observer = client(*server);
     const httplib::Result health = observer.Get("/healthz");
