@@ -174,11 +174,11 @@ HWY_INLINE void store_from_f32(FloatTag df, FloatVec value, typename Format::Sto
     }
 }
 
-#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
 // bf16 pairs: 2 · Lanes consecutive bf16 elements as two f32 vectors, `even` holding elements
 // 0, 2, 4, ... and `odd` elements 1, 3, 5, .... Each 32-bit lane of the loaded bytes holds one
 // element of each, so widening is a shift and a mask, without vpmovzxwd's cross-lane shuffle
-// (which made bf16 passes compute-bound on AVX-512 CPUs that execute it as two 256-bit halves).
+// (which made bf16 passes compute-bound on AVX-512 CPUs that execute it as two 256-bit halves),
+// and narrowing needs no pack and no lane permutation either.
 HWY_INLINE void load_bf16_pair(const std::uint16_t* source, FloatVec& even, FloatVec& odd) {
     const FloatTag df;
     const WordTag du32;
@@ -188,27 +188,34 @@ HWY_INLINE void load_bf16_pair(const std::uint16_t* source, FloatVec& even, Floa
 }
 
 // The bf16 bits of a pair, interleaved back into element order (the inverse of load_bf16_pair),
-// rounded as narrow_from_f32<Bf16HardwareFormat> rounds: VCVTNE2PS2BF16 rounds both vectors in
-// one instruction and one word permutation restores the order; a pair holding an f32 subnormal
-// (which the instruction reads as zero) takes the exact integer path instead.
+// rounded to nearest even as narrow_from_f32 rounds. Each 32-bit lane takes the even element's
+// rounded upper half in its low word and the odd one's in its high word: no pack and no lane
+// permutation, which narrow_from_f32 needs per vector. With Bf16HardwareFormat, VCVTNE2PS2BF16
+// rounds both vectors in one instruction and one word permutation restores the order; a pair
+// holding an f32 subnormal (which the instruction reads as zero) takes the integer path instead.
+template <class Out>
 HWY_INLINE WordVec narrow_bf16_pair(FloatVec even, FloatVec odd) {
     const WordTag du32;
-    const __mmask16 subnormal = static_cast<__mmask16>(_mm512_fpclass_ps_mask(even.raw, 0x20) |
-                                                       _mm512_fpclass_ps_mask(odd.raw, 0x20));
-    if (HWY_LIKELY(subnormal == 0)) {
-        // Words 0-15 are the rounded even elements, words 16-31 the odd ones.
-        __m512i halves;
-        asm("vcvtne2ps2bf16 %2, %1, %0" : "=v"(halves) : "v"(odd.raw), "v"(even.raw));
-        alignas(64) static constexpr std::uint16_t kInterleave[32] = {
-            0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-            8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-        const __m512i order = _mm512_load_si512(kInterleave);
-        return WordVec{_mm512_permutexvar_epi16(order, halves)};
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+    if constexpr (std::is_same_v<Out, Bf16HardwareFormat>) {
+        const __mmask16 subnormal = static_cast<__mmask16>(_mm512_fpclass_ps_mask(even.raw, 0x20) |
+                                                           _mm512_fpclass_ps_mask(odd.raw, 0x20));
+        if (HWY_LIKELY(subnormal == 0)) {
+            // Words 0-15 are the rounded even elements, words 16-31 the odd ones.
+            __m512i halves;
+            asm("vcvtne2ps2bf16 %2, %1, %0" : "=v"(halves) : "v"(odd.raw), "v"(even.raw));
+            alignas(64) static constexpr std::uint16_t kInterleave[32] = {
+                0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+            const __m512i order = _mm512_load_si512(kInterleave);
+            return WordVec{_mm512_permutexvar_epi16(order, halves)};
+        }
     }
+#endif
+    static_assert(kBf16Output<Out>);
     return hn::Or(hn::ShiftRight<16>(bf16_in_upper_half(even)),
                   hn::And(bf16_in_upper_half(odd), hn::Set(du32, 0xFFFF0000u)));
 }
-#endif
 
 // Whether stream_from_f32 writes with non-temporal stores on this target: only where the stored
 // vector fills at least 16 bytes (Highway's Stream writes 16 bytes even for narrower vectors).
