@@ -30,7 +30,7 @@
 
 #include <keel/keel.hpp>
 
-#include "tests/runtime/reliability_support.hpp"
+#include "support/sanitizers.hpp"
 
 extern char** environ;
 
