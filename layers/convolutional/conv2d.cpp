@@ -1,9 +1,6 @@
 #include <keel/layers/convolutional/conv2d.hpp>
 
 #include <keel/engine/error.hpp>
-#include <keel/layers/keras/constraints.hpp>
-#include <keel/layers/keras/initializers.hpp>
-#include <keel/layers/keras/regularizers.hpp>
 
 #include "layers/convolutional/layer_support.hpp"
 #include "layers/keras/layer_arguments.hpp"
@@ -17,12 +14,8 @@ struct Conv2D::Impl {
     Engine engine;
     Conv2DOptions options;
     LayerSettings settings;
-    std::shared_ptr<const keras::Initializer> kernel_initializer;
-    std::shared_ptr<const keras::Initializer> bias_initializer;
-    std::shared_ptr<const keras::Regularizer> kernel_regularizer;
-    std::shared_ptr<const keras::Regularizer> bias_regularizer;
-    std::shared_ptr<const keras::Constraint> kernel_constraint;
-    std::shared_ptr<const keras::Constraint> bias_constraint;
+    layer_arguments::WeightSettings kernel;
+    layer_arguments::WeightSettings bias;
     std::int64_t in_channels = 0;  // set by build
 
     Shape kernel_shape() const {
@@ -55,17 +48,11 @@ Conv2D::Conv2D(Conv2DOptions options, Engine engine)
                                "a divisor of filters = " + std::to_string(options.filters) +
                                    " (each group computes filters / groups output channels)");
     }
-    impl.kernel_initializer =
-        keras::get_initializer(options.kernel_initializer, where, "kernel_initializer");
-    impl.bias_initializer =
-        keras::get_initializer(options.bias_initializer, where, "bias_initializer");
-    impl.kernel_regularizer =
-        keras::get_regularizer(options.kernel_regularizer, where, "kernel_regularizer");
-    impl.bias_regularizer =
-        keras::get_regularizer(options.bias_regularizer, where, "bias_regularizer");
-    impl.kernel_constraint =
-        keras::get_constraint(options.kernel_constraint, where, "kernel_constraint");
-    impl.bias_constraint = keras::get_constraint(options.bias_constraint, where, "bias_constraint");
+    impl.kernel = layer_arguments::resolve_weight_settings(
+        where, "kernel", options.kernel_initializer, options.kernel_regularizer,
+        options.kernel_constraint);
+    impl.bias = layer_arguments::resolve_weight_settings(
+        where, "bias", options.bias_initializer, options.bias_regularizer, options.bias_constraint);
     impl.engine = std::move(engine);
     impl.options = std::move(options);
 }
@@ -93,18 +80,11 @@ std::unique_ptr<Conv2D> Conv2D::from_config(const nlohmann::json& config, Engine
 
 nlohmann::json Conv2D::get_config() const {
     const Impl& impl = *impl_;
-    const auto serialize_or_null = [](const auto& object) -> nlohmann::json {
-        return object ? keras::serialize(*object) : nlohmann::json(nullptr);
-    };
     nlohmann::json config = convolutional::common_config(impl.options, impl.settings);
     config["filters"] = impl.options.filters;
     config["groups"] = impl.options.groups;
-    config["kernel_initializer"] = serialize_or_null(impl.kernel_initializer);
-    config["bias_initializer"] = serialize_or_null(impl.bias_initializer);
-    config["kernel_regularizer"] = serialize_or_null(impl.kernel_regularizer);
-    config["bias_regularizer"] = serialize_or_null(impl.bias_regularizer);
-    config["kernel_constraint"] = serialize_or_null(impl.kernel_constraint);
-    config["bias_constraint"] = serialize_or_null(impl.bias_constraint);
+    layer_arguments::write_weight_settings(config, "kernel", impl.kernel);
+    layer_arguments::write_weight_settings(config, "bias", impl.bias);
     return config;
 }
 
@@ -149,11 +129,11 @@ void Conv2D::build_variables(std::span<const Shape> input_shapes) {
     check_groups(where, channels, impl.options.groups, input_shape);
     convolutional::output_shape(where, impl.settings, input_shape, impl.options.filters);
     impl.in_channels = channels;
-    add_variable("kernel", impl.kernel_shape(), impl.kernel_initializer, impl.kernel_regularizer,
-                 impl.kernel_constraint, true);
+    add_variable("kernel", impl.kernel_shape(), impl.kernel.initializer, impl.kernel.regularizer,
+                 impl.kernel.constraint, true);
     if (impl.options.use_bias) {
-        add_variable("bias", {impl.options.filters}, impl.bias_initializer, impl.bias_regularizer,
-                     impl.bias_constraint, true);
+        add_variable("bias", {impl.options.filters}, impl.bias.initializer, impl.bias.regularizer,
+                     impl.bias.constraint, true);
     }
 }
 

@@ -1,9 +1,6 @@
 #include <keel/layers/convolutional/depthwise_conv2d.hpp>
 
 #include <keel/engine/error.hpp>
-#include <keel/layers/keras/constraints.hpp>
-#include <keel/layers/keras/initializers.hpp>
-#include <keel/layers/keras/regularizers.hpp>
 
 #include "layers/convolutional/layer_support.hpp"
 #include "layers/keras/layer_arguments.hpp"
@@ -21,12 +18,8 @@ struct DepthwiseConv2D::Impl {
     Engine engine;
     DepthwiseConv2DOptions options;
     LayerSettings settings;
-    std::shared_ptr<const keras::Initializer> depthwise_initializer;
-    std::shared_ptr<const keras::Initializer> bias_initializer;
-    std::shared_ptr<const keras::Regularizer> depthwise_regularizer;
-    std::shared_ptr<const keras::Regularizer> bias_regularizer;
-    std::shared_ptr<const keras::Constraint> depthwise_constraint;
-    std::shared_ptr<const keras::Constraint> bias_constraint;
+    layer_arguments::WeightSettings depthwise;
+    layer_arguments::WeightSettings bias;
     std::int64_t in_channels = 0;  // set by build
 
     std::int64_t filters() const { return in_channels * options.depth_multiplier; }
@@ -51,17 +44,11 @@ DepthwiseConv2D::DepthwiseConv2D(DepthwiseConv2DOptions options, Engine engine)
         throw invalid_argument(where, "depth_multiplier", std::to_string(options.depth_multiplier),
                                "a positive integer");
     }
-    impl.depthwise_initializer =
-        keras::get_initializer(options.depthwise_initializer, where, "depthwise_initializer");
-    impl.bias_initializer =
-        keras::get_initializer(options.bias_initializer, where, "bias_initializer");
-    impl.depthwise_regularizer =
-        keras::get_regularizer(options.depthwise_regularizer, where, "depthwise_regularizer");
-    impl.bias_regularizer =
-        keras::get_regularizer(options.bias_regularizer, where, "bias_regularizer");
-    impl.depthwise_constraint =
-        keras::get_constraint(options.depthwise_constraint, where, "depthwise_constraint");
-    impl.bias_constraint = keras::get_constraint(options.bias_constraint, where, "bias_constraint");
+    impl.depthwise = layer_arguments::resolve_weight_settings(
+        where, "depthwise", options.depthwise_initializer, options.depthwise_regularizer,
+        options.depthwise_constraint);
+    impl.bias = layer_arguments::resolve_weight_settings(
+        where, "bias", options.bias_initializer, options.bias_regularizer, options.bias_constraint);
     impl.engine = std::move(engine);
     impl.options = std::move(options);
 }
@@ -86,17 +73,10 @@ std::unique_ptr<DepthwiseConv2D> DepthwiseConv2D::from_config(const nlohmann::js
 
 nlohmann::json DepthwiseConv2D::get_config() const {
     const Impl& impl = *impl_;
-    const auto serialize_or_null = [](const auto& object) -> nlohmann::json {
-        return object ? keras::serialize(*object) : nlohmann::json(nullptr);
-    };
     nlohmann::json config = convolutional::common_config(impl.options, impl.settings);
     config["depth_multiplier"] = impl.options.depth_multiplier;
-    config["depthwise_initializer"] = serialize_or_null(impl.depthwise_initializer);
-    config["bias_initializer"] = serialize_or_null(impl.bias_initializer);
-    config["depthwise_regularizer"] = serialize_or_null(impl.depthwise_regularizer);
-    config["bias_regularizer"] = serialize_or_null(impl.bias_regularizer);
-    config["depthwise_constraint"] = serialize_or_null(impl.depthwise_constraint);
-    config["bias_constraint"] = serialize_or_null(impl.bias_constraint);
+    layer_arguments::write_weight_settings(config, "depthwise", impl.depthwise);
+    layer_arguments::write_weight_settings(config, "bias", impl.bias);
     return config;
 }
 
@@ -127,11 +107,11 @@ void DepthwiseConv2D::build_variables(std::span<const Shape> input_shapes) {
     convolutional::output_shape(where, impl.settings, input_shape,
                                 channels * impl.options.depth_multiplier);
     impl.in_channels = channels;
-    add_variable("depthwise_kernel", impl.kernel_shape(), impl.depthwise_initializer,
-                 impl.depthwise_regularizer, impl.depthwise_constraint, true);
+    add_variable("depthwise_kernel", impl.kernel_shape(), impl.depthwise.initializer,
+                 impl.depthwise.regularizer, impl.depthwise.constraint, true);
     if (impl.options.use_bias) {
-        add_variable("bias", {impl.filters()}, impl.bias_initializer, impl.bias_regularizer,
-                     impl.bias_constraint, true);
+        add_variable("bias", {impl.filters()}, impl.bias.initializer, impl.bias.regularizer,
+                     impl.bias.constraint, true);
     }
 }
 

@@ -6,9 +6,6 @@
 #include <utility>
 
 #include <keel/engine/error.hpp>
-#include <keel/layers/keras/constraints.hpp>
-#include <keel/layers/keras/initializers.hpp>
-#include <keel/layers/keras/regularizers.hpp>
 
 #include "layers/activation/activation_function.hpp"
 #include "layers/core/dense/dense_compute.hpp"
@@ -27,12 +24,8 @@ struct Dense::Impl {
     Engine engine;
     DenseOptions options;
     activation::ActivationFunction activation;
-    std::shared_ptr<const keras::Initializer> kernel_initializer;
-    std::shared_ptr<const keras::Initializer> bias_initializer;
-    std::shared_ptr<const keras::Regularizer> kernel_regularizer;
-    std::shared_ptr<const keras::Regularizer> bias_regularizer;
-    std::shared_ptr<const keras::Constraint> kernel_constraint;
-    std::shared_ptr<const keras::Constraint> bias_constraint;
+    layer_arguments::WeightSettings kernel;
+    layer_arguments::WeightSettings bias;
     std::int64_t input_dim = -1;  // pinned at build, as Keras' InputSpec(axes={-1: in})
 
     mutable std::mutex mutex;
@@ -50,23 +43,17 @@ Dense::Dense(DenseOptions options, Engine engine)
     }
     impl.activation =
         activation::ActivationFunction::from_keras(options.activation, where, "activation");
-    impl.kernel_initializer =
-        keras::get_initializer(options.kernel_initializer, where, "kernel_initializer");
-    impl.bias_initializer =
-        keras::get_initializer(options.bias_initializer, where, "bias_initializer");
-    impl.kernel_regularizer =
-        keras::get_regularizer(options.kernel_regularizer, where, "kernel_regularizer");
-    impl.bias_regularizer =
-        keras::get_regularizer(options.bias_regularizer, where, "bias_regularizer");
     if (!options.activity_regularizer.is_null()) {
         throw unsupported(where, "activity_regularizer = " + options.activity_regularizer.dump(),
                           "keel implements only Keras' default (null)");
     }
-    impl.kernel_constraint =
-        keras::get_constraint(options.kernel_constraint, where, "kernel_constraint");
-    impl.bias_constraint = keras::get_constraint(options.bias_constraint, where, "bias_constraint");
     layer_arguments::require_float32(where, options.dtype);
     layer_arguments::check_batch_input_shape(where, options.batch_input_shape);
+    impl.kernel = layer_arguments::resolve_weight_settings(
+        where, "kernel", options.kernel_initializer, options.kernel_regularizer,
+        options.kernel_constraint);
+    impl.bias = layer_arguments::resolve_weight_settings(
+        where, "bias", options.bias_initializer, options.bias_regularizer, options.bias_constraint);
     impl.engine = std::move(engine);
     impl.options = std::move(options);
 }
@@ -102,20 +89,13 @@ std::unique_ptr<Dense> Dense::from_config(const nlohmann::json& config, Engine e
 
 nlohmann::json Dense::get_config() const {
     const Impl& impl = *impl_;
-    const auto serialize_or_null = [](const auto& object) -> nlohmann::json {
-        return object ? keras::serialize(*object) : nlohmann::json(nullptr);
-    };
     nlohmann::json config = keras::base_config(name(), trainable(), impl.options.dtype);
     config["units"] = impl.options.units;
     config["activation"] = impl.activation.to_keras();
     config["use_bias"] = impl.options.use_bias;
-    config["kernel_initializer"] = serialize_or_null(impl.kernel_initializer);
-    config["bias_initializer"] = serialize_or_null(impl.bias_initializer);
-    config["kernel_regularizer"] = serialize_or_null(impl.kernel_regularizer);
-    config["bias_regularizer"] = serialize_or_null(impl.bias_regularizer);
+    layer_arguments::write_weight_settings(config, "kernel", impl.kernel);
+    layer_arguments::write_weight_settings(config, "bias", impl.bias);
     config["activity_regularizer"] = nullptr;
-    config["kernel_constraint"] = serialize_or_null(impl.kernel_constraint);
-    config["bias_constraint"] = serialize_or_null(impl.bias_constraint);
     if (!impl.options.batch_input_shape.is_null()) {
         config["batch_input_shape"] = impl.options.batch_input_shape;
     }
@@ -160,11 +140,11 @@ void Dense::build_variables(std::span<const Shape> input_shapes) {
     layer_arguments::check_declared_input(describe(), impl.options.batch_input_shape,
                                           input_shapes[0]);
     const std::int64_t in = input_shapes[0].back();
-    add_variable("kernel", {in, impl.options.units}, impl.kernel_initializer,
-                 impl.kernel_regularizer, impl.kernel_constraint, true);
+    add_variable("kernel", {in, impl.options.units}, impl.kernel.initializer,
+                 impl.kernel.regularizer, impl.kernel.constraint, true);
     if (impl.options.use_bias) {
-        add_variable("bias", {impl.options.units}, impl.bias_initializer, impl.bias_regularizer,
-                     impl.bias_constraint, true);
+        add_variable("bias", {impl.options.units}, impl.bias.initializer, impl.bias.regularizer,
+                     impl.bias.constraint, true);
     }
     impl.input_dim = in;
 }

@@ -98,4 +98,25 @@ const Tensor& checked_variable(std::string_view where, const std::vector<Tensor>
     return variable;
 }
 
+WeightSettings resolve_weight_settings(std::string_view where, std::string_view prefix,
+                                       const nlohmann::json& initializer,
+                                       const nlohmann::json& regularizer,
+                                       const nlohmann::json& constraint) {
+    const std::string name(prefix);
+    return {keras::get_initializer(initializer, where, name + "_initializer"),
+            keras::get_regularizer(regularizer, where, name + "_regularizer"),
+            keras::get_constraint(constraint, where, name + "_constraint")};
+}
+
+void write_weight_settings(nlohmann::json& config, std::string_view prefix,
+                           const WeightSettings& settings) {
+    const auto serialize_or_null = [](const auto& object) -> nlohmann::json {
+        return object ? keras::serialize(*object) : nlohmann::json(nullptr);
+    };
+    const std::string name(prefix);
+    config[name + "_initializer"] = serialize_or_null(settings.initializer);
+    config[name + "_regularizer"] = serialize_or_null(settings.regularizer);
+    config[name + "_constraint"] = serialize_or_null(settings.constraint);
+}
+
 }  // namespace keel::layer_arguments

@@ -4,6 +4,7 @@
 // batch_input_shape, data_format — checked and echoed in one way, so all of them report bad input
 // in the same words.
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -12,6 +13,9 @@
 #include <nlohmann/json.hpp>
 
 #include <keel/engine/tensor.hpp>
+#include <keel/layers/keras/constraints.hpp>
+#include <keel/layers/keras/initializers.hpp>
+#include <keel/layers/keras/regularizers.hpp>
 
 #include "layers/keras/layer_config.hpp"
 
@@ -38,6 +42,25 @@ std::optional<std::string> read_data_format(keras::LayerConfig& config);
 // Keras' base keys (name, trainable, dtype) plus batch_input_shape when one was declared.
 nlohmann::json base_config(std::string_view name, bool trainable, std::string_view dtype,
                            const nlohmann::json& batch_input_shape);
+
+// What Keras attaches to one weight (kernel, depthwise_kernel, bias): resolved once from the
+// identifiers in the layer's options, echoed by get_config as "<prefix>_initializer",
+// "<prefix>_regularizer" and "<prefix>_constraint".
+struct WeightSettings {
+    std::shared_ptr<const keras::Initializer> initializer;
+    std::shared_ptr<const keras::Regularizer> regularizer;
+    std::shared_ptr<const keras::Constraint> constraint;
+};
+
+// Errors name `where` and the argument ("kernel_initializer", ...).
+WeightSettings resolve_weight_settings(std::string_view where, std::string_view prefix,
+                                       const nlohmann::json& initializer,
+                                       const nlohmann::json& regularizer,
+                                       const nlohmann::json& constraint);
+
+// Writes the three keys, each serialized as Keras does or null.
+void write_weight_settings(nlohmann::json& config, std::string_view prefix,
+                           const WeightSettings& settings);
 
 // variables[index], checked to be f32 with the shape build gave it (forward() reads the run's
 // snapshot, and a graph rewrite hands in tensors of its own).

@@ -33,8 +33,12 @@ std::vector<WeightCase> weight_cases() {
     const nlohmann::json dense = {{"units", 3}};
     const nlohmann::json conv = {{"filters", 2}, {"kernel_size", {3, 3}}};
     const nlohmann::json depthwise = {{"kernel_size", {3, 3}}};
-    const auto dense_trip = [](const nlohmann::json& c) { return Dense::from_config(c)->get_config(); };
-    const auto conv_trip = [](const nlohmann::json& c) { return Conv2D::from_config(c)->get_config(); };
+    const auto dense_trip = [](const nlohmann::json& c) {
+        return Dense::from_config(c)->get_config();
+    };
+    const auto conv_trip = [](const nlohmann::json& c) {
+        return Conv2D::from_config(c)->get_config();
+    };
     const auto depthwise_trip = [](const nlohmann::json& c) {
         return DepthwiseConv2D::from_config(c)->get_config();
     };
