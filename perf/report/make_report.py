@@ -120,6 +120,24 @@ def ratio(numerator, denominator):
     return numerator / denominator
 
 
+def merge_runs(raws):
+    """The benchmarks of several keel_perf invocations of one suite run (the graph group runs
+    apart, its repetitions interleaved), with the first invocation's context (its date and load
+    are the run's start) completed by the others'."""
+    context = {}
+    for raw in reversed(raws):
+        context.update(raw.get("context", {}))
+    return {"context": context,
+            "benchmarks": [entry for raw in raws for entry in raw.get("benchmarks", [])]}
+
+
+def graph_case_order(key):
+    """Latency before throughput, the ResNet stack before the other models, then batch and
+    threads: the table's order whatever order the interleaved repetitions reported them in."""
+    model, batch, mode, _, count = key
+    return (mode != "latency", model != "resnet_stack", model, batch, count)
+
+
 def collect(raw):
     runs = representative_runs(raw["benchmarks"])
     stream = {}  # (group, kernel, stores, threads) -> GB/s
@@ -154,6 +172,7 @@ def collect(raw):
                 graph_order.append(key)
             # keel's cases name their optimize setting, the hand-written pipeline its peer.
             graph[key][fields.get("optimize", fields.get("peer"))] = entry
+    graph_order.sort(key=graph_case_order)
     return stream, cases, order, failures, graph, graph_order
 
 
@@ -337,7 +356,9 @@ def graph_markdown(graph_cases, context):
         "(perf/runtime/resnet_stack_onednn_peer.cpp: BN folded, ReLU and the residual Add as "
         "post-ops, blocked layouts, everything created once); `keel/oneDNN` = on time / oneDNN "
         f"time (target ≤ {PEER_TARGET}, ⚠ above). `opt speedup` = off time / on time; "
-        "`2-thr speedup` = 1-thread time / 2-thread time. A time marked * varies by more than "
+        "`2-thr speedup` = 1-thread time / 2-thread time. In a whole-suite run the graph "
+        "cases' repetitions run in random order (keel and the peer see the same machine "
+        "states); times are their medians. A time marked * varies by more than "
         f"{NOISY_CV:.0%} between repetitions. OMP_WAIT_POLICY: "
         f"{context.get('omp_wait_policy', '?')} (2-thread figures depend on it when another "
         "process is busy: docs/perf.md).",
@@ -729,14 +750,15 @@ plot '{data}' using 1:3:xtic(2) with histeps linewidth 2 linecolor rgb '#888888'
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("raw", type=Path, help="keel_perf --benchmark_out JSON")
+    parser.add_argument("raw", type=Path, nargs="+",
+                        help="keel_perf --benchmark_out JSON files of one suite run")
     parser.add_argument("out_dir", type=Path, help="where results.{json,md,png} go")
     arguments = parser.parse_args()
 
-    raw = json.loads(arguments.raw.read_text())
+    raw = merge_runs([json.loads(path.read_text()) for path in arguments.raw])
     stream, cases, order, failures, graph, graph_order = collect(raw)
     report = {
-        "context": raw.get("context", {}),
+        "context": raw["context"],
         "definitions": RATIO_DEFINITIONS,
         "stream": stream_rows(stream),
         "cases": [build_case(key, cases[key], stream) for key in order],
