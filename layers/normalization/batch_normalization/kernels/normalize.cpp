@@ -278,12 +278,12 @@ HWY_INLINE void normalize_block(const typename In::Storage* x, typename Out::Sto
 // bf16 in, bf16 out: elements go through the pass as pairs of vectors (see load_bf16_pair), the
 // even and odd elements each with their own coefficients.
 template <class In, class Out>
-inline constexpr bool kPairs = std::is_same_v<In, Bf16Format>&& kBf16Output<Out>;
+inline constexpr bool kPairs = (std::is_same_v<In, Bf16Format> && kBf16Output<Out>);
 
-// Pairs a channels-last block keeps coefficients for: two, four vectors as on AVX-512. On AVX2
-// (16 registers, four of them taken by narrow_bf16_pair's constants) one pair per block gave the
-// same instruction count for inference and 5% more for training (split means), measured with
-// callgrind on [8, 56, 56, 64] NHWC.
+// Pairs of vectors per channels-last block: two on every target. On AVX2, whose 16 registers
+// also hold narrow_bf16_pair's four rounding constants, one pair per block counted the same
+// instructions for inference and 5% more for training (split means) with callgrind on
+// [8, 56, 56, 64] NHWC.
 inline constexpr std::size_t kBlockPairs = 2;
 
 template <class Out, bool kRelu, bool kMeanLo, bool kStream>
