@@ -2,30 +2,25 @@
 
 // Which sanitizer instruments this build, for tests that scale their work down or skip checks the
 // sanitizer's own bookkeeping would distort (ASan's quarantine inflates resident memory; both
-// run code 5-20 times slower). GCC defines __SANITIZE_*__, clang answers __has_feature.
+// run code 5-20 times slower).
 
 namespace keel::testing {
 
-#if defined(__SANITIZE_THREAD__)
-inline constexpr bool kThreadSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-inline constexpr bool kThreadSanitizer = true;
+// GCC 12 has no __has_feature; clang defines no __SANITIZE_*__.
+#if defined(__has_feature)
+#define KEEL_TESTING_HAS_FEATURE(feature) __has_feature(feature)
 #else
-inline constexpr bool kThreadSanitizer = false;
+#define KEEL_TESTING_HAS_FEATURE(feature) 0
 #endif
+
+#if defined(__SANITIZE_THREAD__) || KEEL_TESTING_HAS_FEATURE(thread_sanitizer)
+inline constexpr bool kThreadSanitizer = true;
 #else
 inline constexpr bool kThreadSanitizer = false;
 #endif
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || KEEL_TESTING_HAS_FEATURE(address_sanitizer)
 inline constexpr bool kAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-inline constexpr bool kAddressSanitizer = true;
-#else
-inline constexpr bool kAddressSanitizer = false;
-#endif
 #else
 inline constexpr bool kAddressSanitizer = false;
 #endif
